@@ -1,0 +1,35 @@
+# tdd_lab developer commands. `make test` is the test command (CI runs it via .ci/run).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: setup test test-slow test-all lint format clean
+
+setup: $(STAMP)  ## create the virtualenv and install tdd_lab[dev] (no-op when pyproject.toml is unchanged)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+test: setup  ## fast test suite (slow tests deselected)
+	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(PY) -m pytest -q
+
+test-slow: setup  ## only the slow tests
+	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(PY) -m pytest -q -m slow
+
+test-all: setup
+	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(PY) -m pytest -q -m 'slow or not slow'
+
+lint: setup
+	$(VENV)/bin/ruff check tdd_lab tests
+	$(VENV)/bin/ruff format --check tdd_lab tests
+
+format: setup
+	$(VENV)/bin/ruff check --fix tdd_lab tests
+	$(VENV)/bin/ruff format tdd_lab tests
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,51 @@
+"""LCM guidance: w ~ U[w_min, w_max] and a w-embedding for the student (Luo et al. 2023, sec. 4.2)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from tdd_lab.guidance.base import Guidance, GuidedBatch, condition_batch_size, expand_condition
+from tdd_lab.utils.tensors import uniform
+from tdd_lab.utils.validation import check_int, check_range
+
+
+def guidance_scale_embedding(w: torch.Tensor, embedding_dim: int = 256) -> torch.Tensor:
+    """Sinusoidal embedding of 1000 w (VDM appendix; diffusers' LCM ``timestep_cond``): (B,) -> (B, D)."""
+    w = w.float() * 1000.0
+    half = embedding_dim // 2
+    freqs = torch.exp(-math.log(10000.0) / (half - 1) * torch.arange(half, dtype=torch.float32, device=w.device))
+    emb = w[:, None] * freqs[None, :]
+    emb = torch.cat([torch.sin(emb), torch.cos(emb)], dim=1)
+    if embedding_dim % 2:
+        emb = torch.nn.functional.pad(emb, (0, 1))
+    return emb
+
+
+class LCMWGuidance(Guidance):
+    """Per-sample w ~ U[w_min, w_max]; the student receives ``guidance_scale_embedding(w)``."""
+
+    def __init__(
+        self,
+        w_min: float = 3.0,       # smallest teacher CFG scale ("w + 1" form)
+        w_max: float = 15.0,      # largest teacher CFG scale
+        embedding_dim: int = 256,  # student's time_cond_proj_dim
+    ):
+        check_range("w_min", w_min, 0.0)
+        check_range("w_max", w_max, 0.0)
+        if w_min > w_max:
+            raise ValueError(f"w_min must be <= w_max, got {w_min} > {w_max}")
+        check_int("embedding_dim", embedding_dim, 2)
+        self.w_min, self.w_max, self.embedding_dim = w_min, w_max, embedding_dim
+
+    def prepare(self, cond, null, generator=None):
+        b, device = condition_batch_size(cond), self._device(cond)
+        w = self.w_min + (self.w_max - self.w_min) * uniform((b,), generator, device)
+        return GuidedBatch(
+            cond=cond,
+            uncond=expand_condition(null, b),
+            w=w,
+            w_embedding=guidance_scale_embedding(w, self.embedding_dim),
+            dropped=torch.zeros(b, dtype=torch.bool, device=device),
+        )

@@ -1,0 +1,47 @@
+"""Consistency distillation losses: small callables with hyper-parameters in ``__init__``."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import torch
+
+from tdd_lab.utils.validation import build_from_registry, check_range
+
+
+class DistillationLoss(ABC):
+    """``loss(pred, target)`` -> scalar mean over all elements, computed in float32."""
+
+    @abstractmethod
+    def elementwise(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """(B, ...) -> (B, ...) loss per element."""
+
+    def __call__(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.elementwise(pred.float(), target.float()).mean()
+
+
+class L2Loss(DistillationLoss):
+    """Mean squared error (LCM)."""
+
+    def elementwise(self, pred, target):
+        return (pred - target) ** 2
+
+
+class PseudoHuberLoss(DistillationLoss):
+    """Pseudo-Huber, sqrt((pred - target)^2 + c^2) - c (Song & Dhariwal 2023, iCT sec. 3.3)."""
+
+    def __init__(self, huber_c: float = 1e-3):  # c: quadratic below ~c, linear above
+        check_range("huber_c", huber_c, 0.0, low_inclusive=False)
+        self.huber_c = huber_c
+
+    def elementwise(self, pred, target):
+        return torch.sqrt((pred - target) ** 2 + self.huber_c**2) - self.huber_c
+
+
+LOSSES = {"l2": L2Loss, "huber": PseudoHuberLoss}
+
+
+def build_loss(name: str, **params: Any) -> DistillationLoss:
+    """Instantiate a loss by option name; unknown names/parameters raise ``ValueError``."""
+    return build_from_registry("loss", LOSSES, name, **params)

@@ -1,0 +1,5 @@
+"""Inference schedulers usable inside stock diffusers pipelines."""
+
+from tdd_lab.schedulers.scheduling_tdd import TDDScheduler, TDDSchedulerOutput
+
+__all__ = ["TDDScheduler", "TDDSchedulerOutput"]

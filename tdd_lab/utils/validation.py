@@ -1,0 +1,60 @@
+"""Argument validation that fails before any compute, with messages naming the culprit."""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+
+def check_range(
+    name: str,
+    value: float,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    low_inclusive: bool = True,
+    high_inclusive: bool = True,
+) -> None:
+    """Raise ``ValueError`` naming ``name`` and the allowed range unless ``value`` lies inside it."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and low is not None:
+        ok = value >= low if low_inclusive else value > low
+    if ok and high is not None:
+        ok = value <= high if high_inclusive else value < high
+    if not ok:
+        lo = "(-inf" if low is None else ("[" if low_inclusive else "(") + f"{low:g}"
+        hi = "+inf)" if high is None else f"{high:g}" + ("]" if high_inclusive else ")")
+        raise ValueError(f"{name} must be in {lo}, {hi}, got {value!r}")
+
+
+def check_int(name: str, value: Any, low: int | None = None, high: int | None = None) -> None:
+    """Raise ``ValueError`` unless ``value`` is an int inside ``[low, high]``."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    check_range(name, value, low, high)
+
+
+def check_choice(name: str, value: Any, choices: Iterable[Any]) -> None:
+    """Raise ``ValueError`` unless ``value`` is one of ``choices``."""
+    choices = list(choices)
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+
+
+def build_from_registry(kind: str, registry: Mapping[str, Callable[..., Any]], name: str, **params: Any) -> Any:
+    """Instantiate ``registry[name](**params)`` with clear errors for unknown options and parameters.
+
+    ``kind`` names the option group in messages (e.g. ``"strategy"``).
+    """
+    if name not in registry:
+        raise ValueError(f"unknown {kind} {name!r}; available: {sorted(registry)}")
+    cls = registry[name]
+    sig = inspect.signature(cls)
+    accepts_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values())
+    allowed = [p for p in sig.parameters if sig.parameters[p].kind is not inspect.Parameter.VAR_KEYWORD]
+    unknown = [k for k in params if k not in allowed]
+    if unknown and not accepts_kwargs:
+        raise ValueError(f"unknown {kind} parameter(s) {unknown} for {kind} {name!r}; allowed: {allowed}")
+    return cls(**params)
