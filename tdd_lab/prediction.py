@@ -22,7 +22,7 @@ def to_x0_eps(
     epsilon: x0 = (x_t - s eps) / a.
     v_prediction (Salimans & Ho 2022, v = a eps - s x0): x0 = (a x_t - s v)/(a^2+s^2), eps = (s x_t + a v)/(a^2+s^2).
     sample: eps = (x_t - a x0) / s.
-    flow (v = eps - x0, x_t = a x0 + s eps with a = 1 - s): x0 = x_t - s v, eps = x_t + a v.
+    flow (v = eps - x0): x0 = (x_t - s v)/(a+s), eps = (x_t + a v)/(a+s)  (a + s = 1 on flow schedules).
     """
     check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
     if prediction_type == "epsilon":
@@ -34,7 +34,8 @@ def to_x0_eps(
     if prediction_type == "sample":
         x0 = model_output
         return x0, (x_t - a * x0) / s
-    return x_t - s * model_output, x_t + a * model_output
+    norm = a + s  # == 1 for flow schedules
+    return (x_t - s * model_output) / norm, (x_t + a * model_output) / norm
 
 
 def from_x0_eps(x0: torch.Tensor, eps: torch.Tensor, a: torch.Tensor, s: torch.Tensor, prediction_type: str):

@@ -1,0 +1,108 @@
+"""Guidance modes: CFG form, w-embedding, and decoupled prompt dropping."""
+
+import math
+
+import pytest
+import torch
+
+from tdd_lab.guidance import (
+    DecoupledGuidance,
+    FixedGuidance,
+    LCMWGuidance,
+    build_guidance,
+    cfg_combine,
+    concat_conditions,
+    guidance_scale_embedding,
+)
+
+
+def sdxl_like_condition(b):
+    return {
+        "encoder_hidden_states": torch.randn(b, 77, 64),
+        "added_cond_kwargs": {"text_embeds": torch.randn(b, 32), "time_ids": torch.randn(b, 6)},
+    }
+
+
+def test_cfg_combine_w_plus_one_form():
+    c, u = torch.randn(3, 4), torch.randn(3, 4)
+    w = torch.tensor([0.0, 1.0, 3.5])
+    out = cfg_combine(c, u, w)
+    torch.testing.assert_close(out[0], c[0])
+    torch.testing.assert_close(out[2], c[2] + 3.5 * (c[2] - u[2]))
+    # equals standard CFG with scale w + 1: u + (w + 1)(c - u)
+    torch.testing.assert_close(out, u + (w[:, None] + 1) * (c - u))
+
+
+def test_fixed_guidance():
+    cond, null = torch.randn(5, 7), torch.zeros(1, 7)
+    gb = FixedGuidance(w=3.5).prepare(cond, null)
+    assert torch.equal(gb.cond, cond) and gb.uncond.shape == (5, 7)
+    assert gb.w.tolist() == [3.5] * 5 and gb.w_embedding is None and not gb.dropped.any()
+
+
+def test_lcm_w_guidance_range_and_embedding(gen):
+    g = LCMWGuidance(w_min=2.0, w_max=8.0, embedding_dim=256)
+    gb = g.prepare(torch.randn(4000, 3), torch.zeros(1, 3), gen)
+    assert gb.w.min() >= 2.0 and gb.w.max() <= 8.0
+    assert gb.w.mean().item() == pytest.approx(5.0, abs=0.15)
+    assert gb.w_embedding.shape == (4000, 256)
+    from diffusers import LatentConsistencyModelPipeline
+
+    ref = LatentConsistencyModelPipeline.get_guidance_scale_embedding(None, gb.w[:8], embedding_dim=256)
+    torch.testing.assert_close(gb.w_embedding[:8], ref, rtol=1e-5, atol=1e-5)
+    assert guidance_scale_embedding(torch.tensor([1.0]), 7).shape == (1, 7)
+
+
+def test_decoupled_drops_at_configured_rate_for_all_branches():
+    p, n = 0.2, 20000
+    g = DecoupledGuidance(w=3.5, proportion_empty_prompts=p)
+    cond = sdxl_like_condition(n)
+    null = {k: (torch.zeros_like(v[:1]) if torch.is_tensor(v) else {kk: torch.zeros_like(vv[:1]) for kk, vv in v.items()})
+            for k, v in cond.items()}
+    gb = g.prepare(cond, null, torch.Generator().manual_seed(0))
+    rate = gb.dropped.float().mean().item()
+    assert abs(rate - p) < 4 * math.sqrt(p * (1 - p) / n)  # binomial 4-sigma band
+    d = gb.dropped
+    # dropped samples carry exactly the null condition in every leaf; kept ones are untouched
+    assert (gb.cond["encoder_hidden_states"][d] == 0).all()
+    assert (gb.cond["added_cond_kwargs"]["text_embeds"][d] == 0).all()
+    assert (gb.cond["added_cond_kwargs"]["time_ids"][d] == 0).all()
+    assert torch.equal(gb.cond["encoder_hidden_states"][~d], cond["encoder_hidden_states"][~d])
+    # the teacher's uncond branch is the same null condition -> guided output == cond output for dropped samples
+    out_c, out_u = torch.randn(n, 4), torch.randn(n, 4)
+    out_u[d] = out_c[d]  # what a teacher returns when cond == uncond
+    guided = cfg_combine(out_c, out_u, gb.w)
+    torch.testing.assert_close(guided[d], out_c[d])
+
+
+def test_decoupled_extremes_and_seed():
+    cond, null = torch.randn(100, 3), torch.zeros(1, 3)
+    assert not DecoupledGuidance(proportion_empty_prompts=0.0).prepare(cond, null).dropped.any()
+    assert DecoupledGuidance(proportion_empty_prompts=1.0).prepare(cond, null).dropped.all()
+    g = DecoupledGuidance()
+    a = g.prepare(cond, null, torch.Generator().manual_seed(5)).dropped
+    b = g.prepare(cond, null, torch.Generator().manual_seed(5)).dropped
+    assert torch.equal(a, b)
+
+
+def test_concat_conditions_for_batched_teacher():
+    a, b = sdxl_like_condition(2), sdxl_like_condition(2)
+    ab = concat_conditions(a, b)
+    assert ab["encoder_hidden_states"].shape == (4, 77, 64)
+    assert torch.equal(ab["added_cond_kwargs"]["time_ids"][2:], b["added_cond_kwargs"]["time_ids"])
+
+
+@pytest.mark.parametrize(
+    "name,params,match",
+    [
+        ("decoupled", dict(proportion_empty_prompts=1.2), r"proportion_empty_prompts must be in \[0, 1\]"),
+        ("decoupled", dict(proportion_empty_prompts=-0.1), r"proportion_empty_prompts must be in \[0, 1\]"),
+        ("lcm_w", dict(w_min=5.0, w_max=2.0), "w_min must be <= w_max"),
+        ("fixed", dict(w=-1.0), r"w must be in \[0"),
+        ("fixed", dict(scale=2.0), r"unknown guidance parameter"),
+        ("cfgpp", dict(), "unknown guidance 'cfgpp'"),
+    ],
+)
+def test_bad_guidance_input(name, params, match):
+    with pytest.raises(ValueError, match=match):
+        build_guidance(name, **params)
