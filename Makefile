@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup test test-slow test-all lint format clean
+.PHONY: setup test test-slow test-all lint clean
 
 setup: $(STAMP)  ## create the virtualenv and install tdd_lab[dev] (no-op when pyproject.toml is unchanged)
 
@@ -23,13 +23,8 @@ test-slow: setup  ## only the slow tests
 test-all: setup
 	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(PY) -m pytest -q -m 'slow or not slow'
 
-lint: setup
+lint: setup  ## ruff (formatting is by hand: aligned per-argument comments are part of the style)
 	$(VENV)/bin/ruff check tdd_lab tests
-	$(VENV)/bin/ruff format --check tdd_lab tests
-
-format: setup
-	$(VENV)/bin/ruff check --fix tdd_lab tests
-	$(VENV)/bin/ruff format tdd_lab tests
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from tdd_lab.guidance.base import Guidance, GuidedBatch, condition_batch_size, expand_condition, select_condition
+from tdd_lab.guidance.base import (
+    Guidance,
+    GuidedBatch,
+    condition_batch_size,
+    expand_condition,
+    select_condition,
+)
 from tdd_lab.utils.tensors import uniform
 from tdd_lab.utils.validation import check_range
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from tdd_lab.strategies.base import TargetStrategy
-from tdd_lab.utils.tensors import uniform
 from tdd_lab.timesteps import multistep_target_set
+from tdd_lab.utils.tensors import uniform
 from tdd_lab.utils.validation import check_choice, check_int, check_range
 
 
