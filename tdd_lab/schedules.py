@@ -140,11 +140,19 @@ class VPSchedule(NoiseSchedule):
         super().__init__(num_train_timesteps)
         check_range("beta_start", beta_start, 0.0, 1.0, low_inclusive=False)
         check_range("beta_end", beta_end, 0.0, 1.0, low_inclusive=False)
+        self.beta_start, self.beta_end, self.beta_schedule = beta_start, beta_end, beta_schedule
+        self.rescale_betas_zero_snr = rescale_betas_zero_snr
         self.betas = make_betas(num_train_timesteps, beta_start, beta_end, beta_schedule, rescale_betas_zero_snr)
         self.alphas_cumprod = torch.cumprod(1.0 - self.betas, dim=0)  # (T,) float32, as diffusers
         abar = self.alphas_cumprod.double()
         self._alphas = abar.sqrt()
         self._sigmas = (1 - abar).sqrt()
+
+    def diffusers_config(self) -> dict:
+        """The keys a diffusers VP scheduler needs to reproduce this schedule (epsilon outputs)."""
+        return dict(num_train_timesteps=self.num_train_timesteps, beta_start=self.beta_start,
+                    beta_end=self.beta_end, beta_schedule=self.beta_schedule,
+                    rescale_betas_zero_snr=self.rescale_betas_zero_snr, prediction_type="epsilon")
 
     @classmethod
     def from_diffusers_config(cls, config) -> VPSchedule:

@@ -16,3 +16,45 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 def gen():
     """A seeded CPU generator."""
     return torch.Generator().manual_seed(1234)
+
+
+# ---- training-framework fixtures -------------------------------------------------------------------
+from pathlib import Path  # noqa: E402
+
+from hydra import compose, initialize_config_dir  # noqa: E402
+from hydra.core.global_hydra import GlobalHydra  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from omegaconf import open_dict  # noqa: E402
+
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory):
+    """One cache for the whole session: embedded teachers/classifiers are built once."""
+    path = tmp_path_factory.mktemp("tdd_lab_cache")
+    os.environ["TDD_LAB_CACHE"] = str(path)
+    return path
+
+
+def compose_cfg(overrides, output_dir, cache_dir):
+    """Compose conf/train.yaml like `python -m tdd_lab.train`, with outputs in ``output_dir``."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="train", return_hydra_config=True, overrides=list(overrides))
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+        cfg.paths.cache_dir = str(cache_dir)
+        cfg.hydra.runtime.output_dir = str(output_dir)
+        cfg.hydra.job.num = 0
+    HydraConfig().set_config(cfg)
+    return cfg
+
+
+def fast_overrides(experiment):
+    """Smoke overrides plus tiny embedded teachers/classifier for ``experiment``."""
+    common = [f"experiment={experiment}", "debug=smoke"]
+    if experiment.endswith("digits"):
+        return common + ["teacher.train_steps=20", "teacher.batch_size=32", "metrics.metrics.classifier_epochs=1"]
+    return common + ["teacher.init_steps=20", "metrics.metrics.ode_steps=100"]

@@ -77,6 +77,14 @@ class Guidance(ABC):
     def prepare(self, cond: Condition, null: Condition, generator: torch.Generator | None = None) -> GuidedBatch:
         """Build the :class:`GuidedBatch` for conditions ``cond`` (B, ...) and the null condition (1, ...)."""
 
+    def student_sampling(self, w: float, guidance_scale: float = 1.0):
+        """How to sample the student to follow the teacher guided at ``w``: (CFG scale, w-embedding fn or None).
+
+        Default (no w-embedding): the student distilled the guided trajectory, so it samples with
+        ``guidance_scale`` on itself (1 = plain; > 1 is the post-tuning that decoupled guidance enables).
+        """
+        return guidance_scale, None
+
     @staticmethod
     def _device(cond: Condition) -> torch.device:
         while isinstance(cond, (dict, list, tuple)):

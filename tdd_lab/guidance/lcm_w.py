@@ -39,6 +39,11 @@ class LCMWGuidance(Guidance):
         check_int("embedding_dim", embedding_dim, 2)
         self.w_min, self.w_max, self.embedding_dim = w_min, w_max, embedding_dim
 
+    def student_sampling(self, w: float, guidance_scale: float = 1.0):
+        """The student takes w through its embedding; no CFG on the student."""
+        return 1.0, lambda b, device: guidance_scale_embedding(torch.full((b,), float(w), device=device),
+                                                               self.embedding_dim)
+
     def prepare(self, cond, null, generator=None):
         b, device = condition_batch_size(cond), self._device(cond)
         w = self.w_min + (self.w_max - self.w_min) * uniform((b,), generator, device)

@@ -12,13 +12,20 @@ every schedule (the DDIM ODE, Song et al. 2021, eq. 14); we solve it with RK4 in
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
 
+from tdd_lab.nets.mlp import MLPDenoiser
 from tdd_lab.schedules import NoiseSchedule, VPSchedule
 from tdd_lab.teachers.base import Teacher
+from tdd_lab.utils.cache import cached_dir, default_cache_dir
 from tdd_lab.utils.tensors import append_dims
 
 NULL_LABEL = -1  # the unconditional "prompt"
@@ -169,15 +176,61 @@ def solve_pf_ode(
     return a_end * y
 
 
+def save_scatter(samples: torch.Tensor, labels, path: Path, reference: torch.Tensor | None = None,
+                 title: str = "") -> None:
+    """Scatter plot of 2-D samples coloured by class (PNG), optionally over reference points."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
+    if reference is not None:
+        ax.scatter(reference[:, 0], reference[:, 1], s=3, c="lightgrey", label="teacher ODE")
+    c = [int(x) for x in labels] if labels is not None else None
+    ax.scatter(samples[:, 0].cpu(), samples[:, 1].cpu(), s=3, c=c, cmap="tab10", vmin=0, vmax=9)
+    ax.set_xlim(-1.6, 1.6)
+    ax.set_ylim(-1.6, 1.6)
+    ax.set_aspect("equal")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 class GMMTeacher(Teacher):
     """The Gaussian mixture as a prompt-conditional teacher on a discrete schedule.
 
-    Conditions are class labels (B,) int64; the null condition is ``NULL_LABEL``.
+    Conditions are class labels (B,) int64; the null condition is ``NULL_LABEL``. The student
+    starts from an MLP regressed onto the exact denoiser (the analogue of copying a network
+    teacher's weights), fitted once and cached.
     """
 
-    def __init__(self, mixture: GaussianMixture | None = None, schedule: NoiseSchedule | None = None):
-        self.mixture = mixture if mixture is not None else GaussianMixture.ring()
+    prediction_type = "epsilon"
+
+    def __init__(
+        self,
+        mixture: GaussianMixture | None = None,  # default: GaussianMixture.ring(...) with the settings below
+        schedule: NoiseSchedule | None = None,   # default: VPSchedule() (SD-style scaled_linear)
+        num_components: int = 8,
+        num_classes: int = 4,
+        radius: float = 1.0,
+        std: float = 0.08,
+        cache_dir: str | None = None,            # where the fitted student init is cached
+        init_steps: int = 3000,                  # optimizer steps of the student-init regression
+        hidden: int = 256,                       # student MLP width
+        depth: int = 4,                          # student MLP residual blocks
+        seed: int = 0,
+    ):
+        self.mixture = mixture if mixture is not None else GaussianMixture.ring(num_components, num_classes, radius, std)
         self.schedule = schedule if schedule is not None else VPSchedule()
+        self.num_classes = self.mixture.num_classes
+        self.sample_shape = (self.mixture.dim,)
+        self.cache_dir, self.init_steps, self.seed = cache_dir, init_steps, seed
+        self.net_config = dict(dim=self.mixture.dim, num_classes=self.num_classes, hidden=hidden, depth=depth)
+
+    def conditions(self, labels):
+        return labels.long()
 
     def null_condition(self, device="cpu"):
         return torch.tensor([NULL_LABEL], device=device)
@@ -186,6 +239,60 @@ class GMMTeacher(Teacher):
         a, s = self.schedule.alpha_sigma(t, x_t.ndim, torch.float64)
         x0 = self.mixture.denoise(x_t, a, s, cond)
         return x0, ((x_t.double() - a * x0.double()) / s).to(x_t.dtype)
+
+    def save_samples(self, samples, labels, path):
+        save_scatter(samples, labels, path)
+
+    def describe(self) -> dict:
+        """Everything that determines this teacher (cache keys)."""
+        m = self.mixture
+        return {"kind": "gmm", "means": m.means.tolist(), "stds": m.stds.tolist(), "weights": m.weights.tolist(),
+                "component_class": m.component_class.tolist(), "schedule": self.schedule.diffusers_config()}
+
+    def student_network(self) -> nn.Module:
+        """An MLP fitted to the exact (conditional and null) epsilon, loaded from the cache when present."""
+        key = {**self.describe(), "net": self.net_config, "steps": self.init_steps, "seed": self.seed, "v": 1}
+        path = cached_dir(self.cache_dir or default_cache_dir(), "gmm-student-init", key, self._fit_student_init)
+        net = MLPDenoiser(**self.net_config)
+        net.load_state_dict(load_file(str(path / "mlp.safetensors")))
+        return net.train()
+
+    def _fit_student_init(self, out: Path) -> None:
+        torch.manual_seed(self.seed)
+        gen = torch.Generator().manual_seed(self.seed)
+        net = MLPDenoiser(**self.net_config)
+        opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, self.init_steps)
+        for _ in tqdm(range(self.init_steps), desc="fitting gmm2d student init", mininterval=2.0):
+            x0, labels = self.mixture.sample(512, generator=gen)
+            labels = torch.where(torch.rand(512, generator=gen) < 0.1, NULL_LABEL, labels)
+            t = torch.randint(0, self.schedule.num_train_timesteps, (512,), generator=gen)
+            x_t = self.schedule.add_noise(x0.float(), torch.randn(512, self.mixture.dim, generator=gen), t)
+            _, eps = self.denoise(x_t, t, labels)
+            loss = torch.nn.functional.mse_loss(net(x_t, self.schedule.model_time(t), labels), eps)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+        save_file(net.state_dict(), str(out / "mlp.safetensors"))
+
+    def save_student(self, net: nn.Module, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(directory / "mlp.safetensors"))
+        (directory / "gmm_teacher.json").write_text(json.dumps({**self.describe(), "net": net.config}, indent=2))
+
+    @staticmethod
+    def load_student(directory: Path, meta: dict, device="cpu") -> dict:
+        """Network and label conditioning of an exported gmm2d student (see ``tdd_lab.export``)."""
+        info = json.loads((directory / "gmm_teacher.json").read_text())
+        net = MLPDenoiser(**info["net"])
+        net.load_state_dict(load_file(str(directory / "mlp.safetensors")))
+
+        def encode(labels) -> torch.Tensor:
+            return torch.as_tensor([int(x) for x in labels], device=device)
+
+        return {"net": net.to(device).eval(), "encode": encode, "null": torch.tensor([NULL_LABEL], device=device),
+                "save_samples": save_scatter}
 
     def guided_eps_fn(self, labels: torch.Tensor | None, w: float = 0.0):
         """eps(x, a, s) of the CFG-guided teacher, "w + 1" form: eps_c + w (eps_c - eps_u)."""

@@ -1,0 +1,113 @@
+"""Evaluation of a student and of its teacher at several step counts, with per-sample fixed seeds.
+
+Every arm of an ablation sees the same initial noise: sample i is drawn from a generator seeded
+with ``seed + i``; labels cycle over the classes. Teacher numbers are computed once per
+(teacher, sampler, evaluation settings) and cached as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+from tdd_lab.guidance.base import Guidance
+from tdd_lab.metrics.base import Metrics
+from tdd_lab.samplers.base import Sampler
+from tdd_lab.samplers.schedulers import DDIMSampler
+from tdd_lab.teachers.base import Teacher
+from tdd_lab.utils.cache import atomic_write_json, config_key, default_cache_dir
+
+log = logging.getLogger(__name__)
+
+
+def fixed_noise(n: int, shape: Sequence[int], seed: int) -> torch.Tensor:
+    """(n, *shape) noise; row i depends only on ``seed + i``."""
+    return torch.stack([torch.randn(tuple(shape), generator=torch.Generator().manual_seed(seed + i)) for i in range(n)])
+
+
+class Evaluator:
+    """Samples student and teacher and computes ``metrics``; keys ``eval/<m>@K`` and ``teacher/<m>@K``."""
+
+    def __init__(
+        self,
+        metrics: Metrics,
+        steps: Sequence[int] = (2, 4, 8),  # student step counts
+        num_samples: int = 1000,
+        batch_size: int = 500,
+        seed: int = 0,                     # base of the per-sample seeds
+        teacher_w: float = 3.5,            # teacher CFG, "w + 1" form (the trajectory the student distils)
+        guidance_scale: float = 1.0,       # CFG applied to the student at sampling (standard form; 1 = off)
+        teacher_steps: int = 50,           # the teacher's reference sampling: DDIM with this many steps
+        cache_dir: str | None = None,
+        progress: bool = True,
+    ):
+        self.metrics, self.steps = metrics, [int(k) for k in steps]
+        self.num_samples, self.batch_size, self.seed = num_samples, batch_size, seed
+        self.teacher_w, self.guidance_scale, self.teacher_steps = teacher_w, guidance_scale, teacher_steps
+        self.cache_dir, self.progress = cache_dir, progress
+
+    def inputs(self, teacher: Teacher) -> tuple[torch.Tensor, torch.Tensor]:
+        noise = fixed_noise(self.num_samples, teacher.sample_shape, self.seed)
+        labels = torch.arange(self.num_samples) % teacher.num_classes
+        return noise, labels
+
+    def _generate(self, eps_fn: Callable, teacher: Teacher, sampler: Sampler, k: int, n_ddim: int, guidance_scale: float,
+                  noise, labels, timestep_cond_fn: Callable | None, device) -> torch.Tensor:
+        out = []
+        gen = torch.Generator(device=device).manual_seed(self.seed)
+        null = teacher.null_condition(device)
+        for i in range(0, len(noise), self.batch_size):
+            z, y = noise[i : i + self.batch_size].to(device), labels[i : i + self.batch_size].to(device)
+            tc = timestep_cond_fn(len(z), device) if timestep_cond_fn else None
+            out.append(sampler.sample(eps_fn, z, teacher.conditions(y), null, k, teacher.schedule.diffusers_config(),
+                                      n_ddim, guidance_scale, tc, gen).cpu())
+        return torch.cat(out)
+
+    def _score(self, prefix: str, samples, labels, noise, teacher) -> dict[str, float]:
+        return {f"{prefix}{name}": v for name, v in self.metrics.compute(samples, labels, noise, teacher,
+                                                                          self.teacher_w).items()}
+
+    @torch.no_grad()
+    def evaluate_student(self, eps_fn: Callable, teacher: Teacher, guidance: Guidance, sampler: Sampler,
+                         num_ddim_timesteps: int, device="cpu") -> tuple[dict[str, float], dict[int, torch.Tensor]]:
+        """Metrics ``eval/<m>@K`` of the student and its samples per K."""
+        sampler = sampler.deterministic() if self.metrics.deterministic else sampler
+        noise, labels = self.inputs(teacher)
+        scale, tc_fn = guidance.student_sampling(self.teacher_w, self.guidance_scale)
+        results, samples = {}, {}
+        for k in self.steps:
+            x = self._generate(eps_fn, teacher, sampler, k, num_ddim_timesteps, scale, noise, labels, tc_fn, device)
+            samples[k] = x
+            for name, v in self.metrics.compute(x, labels, noise, teacher, self.teacher_w).items():
+                results[f"eval/{name}@{k}"] = v
+            log.info("student %d steps: %s", k, {n: round(v, 4) for n, v in results.items() if n.endswith(f"@{k}")})
+        return results, samples
+
+    @torch.no_grad()
+    def evaluate_teacher(self, teacher: Teacher, sampler: Sampler, num_ddim_timesteps: int,
+                         device="cpu") -> tuple[dict[str, float], dict[int, torch.Tensor]]:
+        """``teacher/<m>@K`` with the student's sampler at its step counts and ``teacher/<m>@50`` with DDIM, cached."""
+        sampler = sampler.deterministic() if self.metrics.deterministic else sampler
+        describe = getattr(teacher, "describe", lambda: {"class": type(teacher).__name__})
+        key = config_key({"teacher": describe(), "sampler": sampler.describe(), "n_ddim": num_ddim_timesteps,
+                          "metrics": self.metrics.describe(), "steps": self.steps, "n": self.num_samples,
+                          "seed": self.seed, "w": self.teacher_w, "teacher_steps": self.teacher_steps, "v": 1})
+        cache = Path(self.cache_dir or default_cache_dir()) / "teacher-metrics" / f"{key}.json"
+        noise, labels = self.inputs(teacher)
+        eps_fn = lambda x, t, c, tc: teacher.denoise(x, t, c)[1]  # noqa: E731
+        cfg = self.teacher_w + 1.0  # "w + 1" form -> standard CFG scale
+        if cache.exists():
+            return json.loads(cache.read_text()), {}
+        runs = [(k, sampler) for k in self.steps] + [(self.teacher_steps, DDIMSampler(eta=0.0))]
+        results, samples = {}, {}
+        for k, smp in runs:
+            x = self._generate(eps_fn, teacher, smp, k, num_ddim_timesteps, cfg, noise, labels, None, device)
+            samples[k] = x
+            for name, v in self.metrics.compute(x, labels, noise, teacher, self.teacher_w).items():
+                results[f"teacher/{name}@{k}"] = v
+        atomic_write_json(cache, results)
+        return results, samples

@@ -1,0 +1,124 @@
+"""The distillation LightningModule: composes teacher, solver, strategy, guidance, loss and student.
+
+One training step (TDD_SPEC section 3):
+  x_t = a_t x0 + s_t eps;  student (x0_hat, eps_hat) at (x_t, t, c)  ->  pred = F(x_t, t -> s)
+  teacher cond+uncond in one 2B forward, CFG ("w + 1" form), one solver step t -> t'
+  target net at (x_{t'}, t', c) under no_grad  ->  target = F(x_{t'}, t' -> s);  loss(pred, target)
+No option names are inspected here: every choice is an object with a small contract.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.utilities import grad_norm
+
+from tdd_lab.guidance.base import Guidance, cfg_combine, concat_conditions
+from tdd_lab.losses import DistillationLoss
+from tdd_lab.prediction import to_x0_eps
+from tdd_lab.solvers.base import TeacherSolver
+from tdd_lab.strategies.base import TargetStrategy
+from tdd_lab.students import StudentFactory, trainable_parameters
+from tdd_lab.targets import TargetNetwork
+from tdd_lab.teachers.base import Teacher
+
+
+class DistillationModule(pl.LightningModule):
+    """Consistency distillation of ``teacher`` into a few-step student."""
+
+    def __init__(
+        self,
+        teacher: Teacher,
+        student: StudentFactory,
+        target: TargetNetwork,
+        solver: TeacherSolver,
+        strategy: TargetStrategy,
+        guidance: Guidance,
+        loss: DistillationLoss,
+        optimizer: Callable[..., torch.optim.Optimizer],            # partial: optimizer(params)
+        lr_scheduler: Callable[..., Any] | None = None,              # partial: scheduler(optimizer)
+    ):
+        super().__init__()
+        self.teacher, self.solver, self.strategy = teacher, solver, strategy
+        self.guidance, self.loss_fn = guidance, loss
+        self.student_factory = student
+        init = teacher.student_network()
+        if guidance.embedding_dim:  # LCM-style w-embedding input, zero-initialised
+            init = init.with_time_cond(guidance.embedding_dim)
+        self.student = student.build(init)
+        self.target = target.bind(self.student)
+        self._optimizer, self._lr_scheduler = optimizer, lr_scheduler
+
+    @property
+    def schedule(self):
+        return self.teacher.schedule
+
+    def setup(self, stage: str) -> None:
+        self.teacher.to(self.device)
+
+    def on_fit_start(self) -> None:
+        self.teacher.to(self.device)
+
+    # -- the student as (x0, eps) and as an epsilon model ----------------------------------------------
+    def student_predict(self, net, x_t, t, cond, timestep_cond=None):
+        """Run ``net`` at integer timesteps t (B,) and convert to (x0_hat, eps_hat)."""
+        raw = net(x_t, self.schedule.model_time(t), cond, timestep_cond)
+        a, s = self.schedule.alpha_sigma(t, x_t.ndim, x_t.dtype)
+        return to_x0_eps(raw, x_t, a, s, self.teacher.prediction_type)
+
+    def student_eps(self, x_t, t, cond, timestep_cond=None):
+        """Epsilon of the student (for the samplers)."""
+        return self.student_predict(self.student, x_t, t, cond, timestep_cond)[1]
+
+    # -- training ----------------------------------------------------------------------------------
+    def training_step(self, batch, batch_idx):
+        x0, cond = self.teacher.prepare_batch(batch)
+        b, dev = x0.shape[0], x0.device
+        g = self.guidance.prepare(cond, self.teacher.null_condition(dev))
+        t, t_prev = self.solver.sample_start(b, device=dev)                       # (B,), (B,)
+        s = self.strategy.sample(t_prev, self.solver.grid.to(dev))               # (B,)
+        noise = torch.randn_like(x0)
+        x_t = self.schedule.add_noise(x0, noise, t)                              # (B, ...)
+
+        x0_s, eps_s = self.student_predict(self.student, x_t, t, g.cond, g.w_embedding)
+        pred = self.strategy.consistency(x_t, t, s, x0_s, eps_s, self.schedule)
+
+        with torch.no_grad():
+            x0_tc, eps_tc = self.teacher.denoise(                                # one 2B forward
+                torch.cat([x_t, x_t]), torch.cat([t, t]), concat_conditions(g.cond, g.uncond))
+            (x0_c, x0_u), (eps_c, eps_u) = x0_tc.chunk(2), eps_tc.chunk(2)
+            x0_w, eps_w = cfg_combine(x0_c, x0_u, g.w), cfg_combine(eps_c, eps_u, g.w)
+            x_prev = self.solver.step(x_t, t, t_prev, x0_w.to(x_t.dtype), eps_w.to(x_t.dtype))
+            x0_tg, eps_tg = self.student_predict(self.target, x_prev, t_prev, g.cond, g.w_embedding)
+            target = self.strategy.consistency(x_prev, t_prev, s, x0_tg, eps_tg, self.schedule)
+
+        loss = self.loss_fn(pred, target)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log_dict({
+            "train/target_t_mean": s.float().mean(),
+            "train/t_mean": t.float().mean(),
+            "train/dropped_frac": g.dropped.float().mean(),
+            "train/lr": self.optimizers().param_groups[0]["lr"] if self._trainer is not None else 0.0,
+        })
+        return loss
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        norms = grad_norm(self.student, norm_type=2)
+        if "grad_2.0_norm_total" in norms:
+            self.log("train/grad_norm", norms["grad_2.0_norm_total"])
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        self.target.update(self.student)
+
+    def configure_optimizers(self):
+        opt = self._optimizer(trainable_parameters(self.student))
+        if self._lr_scheduler is None:
+            return opt
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": self._lr_scheduler(opt), "interval": "step"}}
+
+    def export_network(self) -> torch.nn.Module:
+        """The student as a plain network (LoRA merged) for export."""
+        return self.student_factory.export_network(self.student)

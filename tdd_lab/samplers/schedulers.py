@@ -1,0 +1,97 @@
+"""The samplers: TDD, LCM, TCD, DDIM and DPM-Solver++, each one diffusers scheduler."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tdd_lab.samplers.base import Sampler
+from tdd_lab.schedulers import TDDScheduler
+from tdd_lab.utils.validation import check_choice, check_int, check_range
+
+
+def _check_eta(eta: float) -> float:
+    check_range("sampler.eta", eta, 0.0, 1.0)
+    return eta
+
+
+class TDDSampler(Sampler):
+    """TDD sampling (TDD_SPEC section 5): gamma/eta jumps, non-equidistant schedules, early x0 clipping."""
+
+    def __init__(
+        self,
+        eta: float = 0.2,                        # gamma of TCD; 0 = deterministic DDIM
+        timestep_schedule: str = "equidistant",  # or "nonequidistant" (dense at high noise)
+        special_jump: bool = False,              # published tables for N = 250, K = 5, 6, 7
+        thresholding: bool = False,              # dynamic x0 clipping ...
+        t_l: int = -1,                           # ... on steps 0..t_l (negative: all steps)
+    ):
+        self.eta = _check_eta(eta)
+        check_choice("sampler.timestep_schedule", timestep_schedule, ("equidistant", "nonequidistant"))
+        self.timestep_schedule, self.special_jump = timestep_schedule, special_jump
+        self.thresholding, self.t_l = thresholding, t_l
+
+    def make_scheduler(self, schedule_config, num_ddim_timesteps):
+        return TDDScheduler(**schedule_config, tdd_train_step=num_ddim_timesteps,
+                            timestep_schedule=self.timestep_schedule, special_jump=self.special_jump,
+                            thresholding=self.thresholding, t_l=self.t_l)
+
+    def step_kwargs(self, generator) -> dict[str, Any]:
+        return {"eta": self.eta, "generator": generator}
+
+
+class LCMSampler(Sampler):
+    """Multistep consistency sampling (Luo et al. 2023, Alg. 1) with diffusers' ``LCMScheduler``."""
+
+    def make_scheduler(self, schedule_config, num_ddim_timesteps):
+        from diffusers import LCMScheduler
+
+        return LCMScheduler(**schedule_config, original_inference_steps=num_ddim_timesteps, timestep_scaling=10.0,
+                            set_alpha_to_one=True, clip_sample=False)
+
+
+class TCDSampler(Sampler):
+    """Strategic stochastic sampling (Zheng et al. 2024) with diffusers' ``TCDScheduler``."""
+
+    def __init__(self, eta: float = 0.3):  # gamma
+        self.eta = _check_eta(eta)
+
+    def make_scheduler(self, schedule_config, num_ddim_timesteps):
+        from diffusers import TCDScheduler
+
+        return TCDScheduler(**schedule_config, original_inference_steps=num_ddim_timesteps, clip_sample=False)
+
+    def step_kwargs(self, generator):
+        return {"eta": self.eta, "generator": generator}
+
+
+class DDIMSampler(Sampler):
+    """DDIM (Song et al. 2021) with trailing timestep spacing, ending at x0."""
+
+    def __init__(self, eta: float = 0.0, timestep_spacing: str = "trailing"):
+        self.eta = _check_eta(eta)
+        check_choice("sampler.timestep_spacing", timestep_spacing, ("trailing", "leading", "linspace"))
+        self.timestep_spacing = timestep_spacing
+
+    def make_scheduler(self, schedule_config, num_ddim_timesteps):
+        from diffusers import DDIMScheduler
+
+        return DDIMScheduler(**schedule_config, timestep_spacing=self.timestep_spacing, set_alpha_to_one=True,
+                             clip_sample=False)
+
+    def step_kwargs(self, generator):
+        return {"eta": self.eta, "generator": generator}
+
+
+class DPMppSampler(Sampler):
+    """DPM-Solver++ multistep (Lu et al. 2022) with trailing spacing and a zero final sigma."""
+
+    def __init__(self, solver_order: int = 2):
+        check_int("sampler.solver_order", solver_order, 1, 3)
+        self.solver_order = solver_order
+
+    def make_scheduler(self, schedule_config, num_ddim_timesteps):
+        from diffusers import DPMSolverMultistepScheduler
+
+        return DPMSolverMultistepScheduler(**schedule_config, algorithm_type="dpmsolver++",
+                                           solver_order=self.solver_order, timestep_spacing="trailing",
+                                           final_sigmas_type="zero", lower_order_final=True)

@@ -1,0 +1,107 @@
+"""Train a few-step student: ``python -m tdd_lab.train [+experiment=...] [group=option] [key=value]``.
+
+Config -> instantiate -> teacher / solver / strategy / guidance / loss / student / sampler objects
+-> DistillationModule -> Trainer -> evaluation -> logger and ``metrics.json`` -> ``student/`` export.
+Returns the configured ``optimized_metric`` for sweepers.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from tdd_lab.export import export_student
+from tdd_lab.module import DistillationModule
+from tdd_lab.outputs import log_results, print_table, save_sample_grids
+from tdd_lab.utils.cache import atomic_write_json
+
+log = logging.getLogger(__name__)
+
+
+def build_module(cfg: DictConfig) -> tuple[DistillationModule, Any, Any]:
+    """Instantiate every component from the config and compose the LightningModule."""
+    inst = hydra.utils.instantiate
+    teacher = inst(cfg.teacher)
+    module = DistillationModule(
+        teacher=teacher,
+        student=inst(cfg.student),
+        target=inst(cfg.target),
+        solver=inst(cfg.solver)(schedule=teacher.schedule),
+        strategy=inst(cfg.strategy),
+        guidance=inst(cfg.guidance),
+        loss=inst(cfg.loss),
+        optimizer=inst(cfg.optimizer),
+        lr_scheduler=inst(cfg.lr_scheduler) if cfg.get("lr_scheduler") else None,
+    )
+    return module, inst(cfg.data, teacher=teacher), inst(cfg.sampler)
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit, evaluate, log and export; returns the metrics written to ``metrics.json``."""
+    pl.seed_everything(cfg.seed, workers=True)
+    out_dir = Path(cfg.paths.output_dir)
+    module, datamodule, sampler = build_module(cfg)
+    loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values()]
+    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+    for lg in loggers:
+        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    trainer.fit(module, datamodule=datamodule)
+    if not trainer.is_global_zero:
+        return {}
+
+    evaluator = hydra.utils.instantiate(cfg.metrics)
+    teacher, device = module.teacher, module.device
+    module.eval()
+    n_ddim = module.solver.num_ddim_timesteps
+    student_metrics, student_samples = evaluator.evaluate_student(
+        module.student_eps, teacher, module.guidance, sampler, n_ddim, device)
+    teacher_metrics, teacher_samples = evaluator.evaluate_teacher(teacher, sampler, n_ddim, device)
+    metrics = {**student_metrics, **teacher_metrics, "train/steps": float(trainer.global_step)}
+    if "train/loss" in trainer.callback_metrics:
+        metrics["train/loss_final"] = float(trainer.callback_metrics["train/loss"])
+    atomic_write_json(out_dir / "metrics.json", metrics)
+
+    images = save_sample_grids(out_dir / "samples", teacher, evaluator, student_samples, teacher_samples)
+    log_results(loggers, metrics, images, evaluator.steps)
+    if cfg.get("export", True):
+        scale, _ = module.guidance.student_sampling(evaluator.teacher_w, evaluator.guidance_scale)
+        export_student(out_dir / "student", module.export_network(), teacher, n_ddim,
+                       module.guidance.embedding_dim,
+                       {"sampler": sampler.describe(), "steps": evaluator.steps, "guidance_scale": scale,
+                        "teacher_w": evaluator.teacher_w})
+    print_table(metrics, evaluator.steps, evaluator.teacher_steps)
+    for lg in loggers:
+        lg.finalize("success")
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    torch.set_float32_matmul_precision("high")
+    metrics = train(cfg)
+    value = metrics.get(cfg.get("optimized_metric"))
+    return None if value is None else float(value)
+
+
+def accept_plus_groups(argv: list[str], groups=("experiment", "hparams_search")) -> list[str]:
+    """Let ``+experiment=x`` mean ``experiment=x``.
+
+    The defaults list holds ``experiment: null`` before ``debug`` (so ``debug=smoke`` shrinks any
+    experiment); Hydra would reject ``+experiment=x`` as a second value, or append it after
+    ``debug``. Both spellings therefore select the slot in the defaults list.
+    """
+    return [a[1:] if any(a.startswith(f"+{g}=") for g in groups) else a for a in argv]
+
+
+if __name__ == "__main__":
+    sys.argv = accept_plus_groups(sys.argv)
+    main()

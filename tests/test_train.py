@@ -1,0 +1,111 @@
+"""End-to-end smoke runs: training, metrics.json, exports, sampling, caches, loggers."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tdd_lab.train import train
+
+from .conftest import compose_cfg, fast_overrides
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(args, cwd, env_cache):
+    env = {"TDD_LAB_CACHE": str(env_cache), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PATH": "/usr/bin:/bin",
+           "HOME": str(cwd)}
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.parametrize("experiment", ["tdd_gmm2d", "tdd_digits"])
+def test_smoke_run_writes_metrics_samples_and_export(experiment, tmp_path, cache_dir):
+    cfg = compose_cfg(fast_overrides(experiment), tmp_path, cache_dir)
+    metrics = train(cfg)
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved == pytest.approx(metrics)
+    names = ("ode_error", "swd") if experiment == "tdd_gmm2d" else ("fid", "class_acc")
+    for name in names:
+        for k in (2, 4):
+            assert f"eval/{name}@{k}" in saved and f"teacher/{name}@{k}" in saved
+        assert f"teacher/{name}@10" in saved  # smoke's shortened teacher reference (50 by default)
+    assert all(isinstance(v, float) and v == v for v in saved.values())  # finite numbers, no NaN
+    assert saved["train/steps"] == 5.0
+    assert sorted(p.name for p in (tmp_path / "samples").glob("*.png")) == [
+        "student_2steps.png", "student_4steps.png", "teacher_10steps.png", "teacher_2steps.png", "teacher_4steps.png"]
+    student = tmp_path / "student"
+    assert (student / "student.json").exists() and (student / "scheduler" / "scheduler_config.json").exists()
+    assert (tmp_path / "csv").exists()  # debug=smoke logs to CSV
+
+
+def test_cached_teacher_is_reused(tmp_path, cache_dir):
+    """The second run finds the pretrained teacher and classifier in the cache and builds nothing."""
+    cfg = compose_cfg(fast_overrides("tdd_digits"), tmp_path / "a", cache_dir)
+    train(cfg)
+    before = {p: p.stat().st_mtime for p in Path(cache_dir).glob("teacher-digits-*/unet/*")}
+    n_dirs = len(list(Path(cache_dir).glob("teacher-digits-*")))
+    assert before and n_dirs >= 1
+    cfg = compose_cfg(fast_overrides("tdd_digits"), tmp_path / "b", cache_dir)
+    train(cfg)
+    assert {p: p.stat().st_mtime for p in Path(cache_dir).glob("teacher-digits-*/unet/*")} == before
+    assert len(list(Path(cache_dir).glob("teacher-digits-*"))) == n_dirs
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["strategy=lcm", "guidance=lcm_w", "sampler=lcm"],
+        ["strategy=pcm", "guidance=fixed", "sampler=ddim", "loss=l2"],
+        ["strategy=tcd", "sampler=tcd", "target=ema"],
+        ["strategy=tdd", "sampler=dpmpp", "student=lora"],
+        ["strategy=tdd", "sampler=tdd", "sampler.timestep_schedule=nonequidistant", "solver.num_ddim_timesteps=250"],
+    ],
+    ids=["lcm", "pcm", "tcd-ema", "lora-dpmpp", "tdd-n250"],
+)
+def test_component_combinations_train_on_gmm2d(overrides, tmp_path, cache_dir):
+    cfg = compose_cfg(fast_overrides("tdd_gmm2d") + overrides, tmp_path, cache_dir)
+    metrics = train(cfg)
+    assert metrics["eval/ode_error@4"] < 2.0 and metrics["train/loss_final"] >= 0
+
+
+def test_lora_student_trains_only_adapters(tmp_path, cache_dir):
+    from tdd_lab.train import build_module
+
+    cfg = compose_cfg(fast_overrides("tdd_gmm2d") + ["student=lora", "student.rank=4"], tmp_path, cache_dir)
+    module, _, _ = build_module(cfg)
+    trainable = [n for n, p in module.student.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    merged = module.export_network()
+    assert not any("lora_" in n for n, _ in merged.named_parameters())
+    x, t, c = torch.randn(4, 2), torch.full((4,), 500.0), torch.tensor([0, 1, 2, -1])
+    torch.testing.assert_close(merged(x, t, c), module.student(x, t, c), rtol=1e-5, atol=1e-5)
+
+
+def test_wandb_offline_run_files(tmp_path, cache_dir):
+    cfg = compose_cfg(fast_overrides("tdd_gmm2d") + ["logger=wandb"], tmp_path, cache_dir)
+    train(cfg)
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("run-*.wandb"))
+
+
+def test_cli_train_then_sample_round_trip(tmp_path, cache_dir):
+    """`python -m tdd_lab.train` writes student/, `python -m tdd_lab.sample` generates from it."""
+    run_dir = tmp_path / "run"
+    res = run_cli(["-m", "tdd_lab.train", "+experiment=tdd_digits", "debug=smoke", "teacher.train_steps=20",
+                   "teacher.batch_size=32", "metrics.metrics.classifier_epochs=1", f"hydra.run.dir={run_dir}"],
+                  ROOT, cache_dir)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "| steps |" in res.stdout and (run_dir / "metrics.json").exists()
+    out = tmp_path / "gen.png"
+    res = run_cli(["-m", "tdd_lab.sample", str(run_dir), "--prompt", "a handwritten digit seven", "--prompt",
+                   "a handwritten digit one", "--num-per-prompt", "3", "--steps", "4", "--eta", "0.2",
+                   "--out", str(out)], ROOT, cache_dir)
+    assert res.returncode == 0, res.stderr[-3000:]
+    saved = torch.load(out.with_suffix(".pt"))
+    assert saved["samples"].shape == (6, 1, 8, 8) and saved["steps"] == 4 and out.exists()
+    assert torch.isfinite(saved["samples"]).all()
+    res = run_cli(["-m", "tdd_lab.sample", str(tmp_path / "nope")], ROOT, cache_dir)
+    assert res.returncode == 2 and "student.json" in res.stderr
