@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup test test-slow test-all lint clean
+.PHONY: setup run test test-slow test-all lint clean
 
 setup: $(STAMP)  ## create the virtualenv and install tdd_lab[dev] (no-op when pyproject.toml is unchanged)
 
@@ -13,6 +13,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
+
+run: setup  ## the main job: TDD on the embedded digits teacher (pretrains and caches the teacher on first use)
+	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(PY) -m tdd_lab.train $(ARGS)
 
 test: setup  ## fast test suite (slow tests deselected)
 	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(PY) -m pytest -q

@@ -52,6 +52,7 @@ class FIDFeatures(nn.Module):
         return self.classifier.features(x * 2 - 1).double()
 
 
+@torch.enable_grad()  # may be reached from no_grad evaluation code
 def _train(out: Path, seed: int, epochs: int) -> None:
     torch.manual_seed(seed)
     images, labels = load_digit_tensors()

@@ -107,6 +107,7 @@ class DigitsTeacher(Teacher):
         self.net = UNetDenoiser(self.unet)
         self.info = json.loads((path / "pretrain.json").read_text())
 
+    @torch.enable_grad()  # may be reached from no_grad evaluation code
     def _pretrain(self, out: Path) -> None:
         c = self.pretrain_config
         torch.manual_seed(c["seed"])
@@ -122,7 +123,8 @@ class DigitsTeacher(Teacher):
         unet = build_digits_unet(tuple(c["channels"]), c["text_dim"])
         ema = copy.deepcopy(unet).requires_grad_(False)
         opt = torch.optim.AdamW(unet.parameters(), lr=c["lr"], weight_decay=0.0)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=c["lr"], total_steps=c["train_steps"], pct_start=0.05)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=c["lr"], total_steps=c["train_steps"],
+                                                    pct_start=max(0.05, 2.5 / c["train_steps"]))
         gen = torch.Generator().manual_seed(c["seed"])
         abar = self.schedule.alphas_cumprod
         start, losses = time.time(), []
@@ -150,7 +152,7 @@ class DigitsTeacher(Teacher):
                 bar.set_postfix(loss=f"{sum(losses[-200:]) / len(losses[-200:]):.4f}")
         ema.save_pretrained(out / "unet")
         (out / "pretrain.json").write_text(json.dumps(
-            {"final_loss": sum(losses[-200:]) / 200, "seconds": time.time() - start, "steps": c["train_steps"]}))
+            {"final_loss": sum(losses[-200:]) / len(losses[-200:]), "seconds": time.time() - start, "steps": c["train_steps"]}))
 
     # -- the Teacher contract ---------------------------------------------------------------------
     @torch.no_grad()

@@ -257,6 +257,7 @@ class GMMTeacher(Teacher):
         net.load_state_dict(load_file(str(path / "mlp.safetensors")))
         return net.train()
 
+    @torch.enable_grad()  # may be reached from no_grad evaluation code
     def _fit_student_init(self, out: Path) -> None:
         torch.manual_seed(self.seed)
         gen = torch.Generator().manual_seed(self.seed)
