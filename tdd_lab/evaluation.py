@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from tdd_lab.guidance.base import Guidance
 from tdd_lab.metrics.base import Metrics
@@ -79,7 +80,7 @@ class Evaluator:
         noise, labels = self.inputs(teacher)
         scale, tc_fn = guidance.student_sampling(self.teacher_w, self.guidance_scale)
         results, samples = {}, {}
-        for k in self.steps:
+        for k in tqdm(self.steps, desc="evaluating student", disable=not self.progress):
             x = self._generate(eps_fn, teacher, sampler, k, num_ddim_timesteps, scale, noise, labels, tc_fn, device)
             samples[k] = x
             for name, v in self.metrics.compute(x, labels, noise, teacher, self.teacher_w).items():
@@ -104,7 +105,7 @@ class Evaluator:
             return json.loads(cache.read_text()), {}
         runs = [(k, sampler) for k in self.steps] + [(self.teacher_steps, DDIMSampler(eta=0.0))]
         results, samples = {}, {}
-        for k, smp in runs:
+        for k, smp in tqdm(runs, desc="evaluating teacher (cached afterwards)", disable=not self.progress):
             x = self._generate(eps_fn, teacher, smp, k, num_ddim_timesteps, cfg, noise, labels, None, device)
             samples[k] = x
             for name, v in self.metrics.compute(x, labels, noise, teacher, self.teacher_w).items():

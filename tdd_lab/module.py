@@ -40,6 +40,8 @@ class DistillationModule(pl.LightningModule):
         loss: DistillationLoss,
         optimizer: Callable[..., torch.optim.Optimizer],            # partial: optimizer(params)
         lr_scheduler: Callable[..., Any] | None = None,              # partial: scheduler(optimizer)
+        channels_last: bool = False,                                 # fast path: NHWC memory format for convnets
+        compile: bool = False,                                       # fast path: torch.compile student and teacher net
     ):
         super().__init__()
         self.teacher, self.solver, self.strategy = teacher, solver, strategy
@@ -51,6 +53,8 @@ class DistillationModule(pl.LightningModule):
         self.student = student.build(init)
         self.target = target.bind(self.student)
         self._optimizer, self._lr_scheduler = optimizer, lr_scheduler
+        self.channels_last, self.compile_nets = channels_last, compile
+        self._fast_paths_applied = False
 
     @property
     def schedule(self):
@@ -58,6 +62,19 @@ class DistillationModule(pl.LightningModule):
 
     def setup(self, stage: str) -> None:
         self.teacher.to(self.device)
+        self.apply_fast_paths()
+
+    def apply_fast_paths(self) -> None:
+        """channels_last and torch.compile on the student and on the teacher's network (if it has one)."""
+        if self._fast_paths_applied:
+            return
+        nets = [self.student] + [n for n in [getattr(self.teacher, "net", None)] if isinstance(n, torch.nn.Module)]
+        for net in nets:
+            if self.channels_last:
+                net.to(memory_format=torch.channels_last)
+            if self.compile_nets:
+                net.compile()
+        self._fast_paths_applied = True
 
     def on_fit_start(self) -> None:
         self.teacher.to(self.device)
@@ -74,7 +91,8 @@ class DistillationModule(pl.LightningModule):
         return self.student_predict(self.student, x_t, t, cond, timestep_cond)[1]
 
     # -- training ----------------------------------------------------------------------------------
-    def training_step(self, batch, batch_idx):
+    def distillation_loss(self, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The consistency-distillation loss of one batch and health statistics (no logging, no host syncs)."""
         x0, cond = self.teacher.prepare_batch(batch)
         b, dev = x0.shape[0], x0.device
         g = self.guidance.prepare(cond, self.teacher.null_condition(dev))
@@ -96,13 +114,15 @@ class DistillationModule(pl.LightningModule):
             target = self.strategy.consistency(x_prev, t_prev, s, x0_tg, eps_tg, self.schedule)
 
         loss = self.loss_fn(pred, target)
+        stats = {"train/target_t_mean": s.float().mean(), "train/t_mean": t.float().mean(),
+                 "train/dropped_frac": g.dropped.float().mean()}
+        return loss, stats
+
+    def training_step(self, batch, batch_idx):
+        loss, stats = self.distillation_loss(batch)
         self.log("train/loss", loss, prog_bar=True)
-        self.log_dict({
-            "train/target_t_mean": s.float().mean(),
-            "train/t_mean": t.float().mean(),
-            "train/dropped_frac": g.dropped.float().mean(),
-            "train/lr": self.optimizers().param_groups[0]["lr"] if self._trainer is not None else 0.0,
-        })
+        self.log_dict(stats)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"])
         return loss
 
     def on_before_optimizer_step(self, optimizer) -> None:

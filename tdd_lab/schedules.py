@@ -98,15 +98,18 @@ class NoiseSchedule(ABC):
     def __init__(self, num_train_timesteps: int):
         self.num_train_timesteps = num_train_timesteps
 
-    @property
-    @abstractmethod
-    def alphas(self) -> torch.Tensor:
-        """Signal scales a_t: (T,) float64."""
+    _alphas: torch.Tensor  # set by subclasses
+    _sigmas: torch.Tensor
 
     @property
-    @abstractmethod
+    def alphas(self) -> torch.Tensor:
+        """Signal scales a_t: (T,) float64."""
+        return self._alphas
+
+    @property
     def sigmas(self) -> torch.Tensor:
         """Noise scales s_t: (T,) float64."""
+        return self._sigmas
 
     def alpha_sigma(self, t: torch.Tensor, ndim: int, dtype: torch.dtype = torch.float32):
         """``(a_t, s_t)`` for integer timesteps ``t`` (B,), each shaped (B, 1, ..., 1) with ``ndim`` dims."""
@@ -168,14 +171,6 @@ class VPSchedule(NoiseSchedule):
             rescale_betas_zero_snr=get("rescale_betas_zero_snr", False),
         )
 
-    @property
-    def alphas(self) -> torch.Tensor:
-        return self._alphas
-
-    @property
-    def sigmas(self) -> torch.Tensor:
-        return self._sigmas
-
     def model_time(self, t: torch.Tensor) -> torch.Tensor:
         return t
 
@@ -202,14 +197,6 @@ class FlowMatchSchedule(NoiseSchedule):
         sig = exponential_time_shift(base, mu) if mu is not None else flow_shift(base, shift)
         self._sigmas = sig.double()
         self._alphas = 1.0 - self._sigmas
-
-    @property
-    def alphas(self) -> torch.Tensor:
-        return self._alphas
-
-    @property
-    def sigmas(self) -> torch.Tensor:
-        return self._sigmas
 
     def model_time(self, t: torch.Tensor) -> torch.Tensor:
         return self._sigmas.to(t.device)[t] * self.num_train_timesteps

@@ -39,6 +39,7 @@ def build_module(cfg: DictConfig) -> tuple[DistillationModule, Any, Any]:
         loss=inst(cfg.loss),
         optimizer=inst(cfg.optimizer),
         lr_scheduler=inst(cfg.lr_scheduler) if cfg.get("lr_scheduler") else None,
+        **cfg.get("model", {}),
     )
     return module, inst(cfg.data, teacher=teacher), inst(cfg.sampler)
 

@@ -68,7 +68,7 @@ class DigitsTeacher(Teacher):
         self,
         cache_dir: str | None = None,    # where the pretrained teacher is cached (default $TDD_LAB_CACHE)
         seed: int = 0,                   # pretraining seed
-        train_steps: int = 3000,         # pretraining optimizer steps
+        train_steps: int = 3000,         # pretraining optimizer steps (0: random weights, for benchmarks)
         batch_size: int = 128,
         lr: float = 2e-3,
         ema_decay: float = 0.999,        # the teacher is the EMA of the pretraining weights
@@ -93,6 +93,7 @@ class DigitsTeacher(Teacher):
         self.path = cached_dir(cache, "teacher-digits", self.pretrain_config, self._pretrain)
         self._load(self.path)
         self._prompt_cache: dict[str, torch.Tensor] = {}
+        self._tables: dict[str, torch.Tensor] = {}
 
     # -- loading / pretraining --------------------------------------------------------------------
     def _load(self, path: Path) -> None:
@@ -123,8 +124,9 @@ class DigitsTeacher(Teacher):
         unet = build_digits_unet(tuple(c["channels"]), c["text_dim"])
         ema = copy.deepcopy(unet).requires_grad_(False)
         opt = torch.optim.AdamW(unet.parameters(), lr=c["lr"], weight_decay=0.0)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=c["lr"], total_steps=c["train_steps"],
-                                                    pct_start=max(0.05, 2.5 / c["train_steps"]))
+        steps = max(c["train_steps"], 3)  # train_steps = 0 gives random weights (benchmarks, tests)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=c["lr"], total_steps=steps,
+                                                    pct_start=max(0.05, 2.5 / steps))
         gen = torch.Generator().manual_seed(c["seed"])
         abar = self.schedule.alphas_cumprod
         start, losses = time.time(), []
@@ -152,7 +154,7 @@ class DigitsTeacher(Teacher):
                 bar.set_postfix(loss=f"{sum(losses[-200:]) / len(losses[-200:]):.4f}")
         ema.save_pretrained(out / "unet")
         (out / "pretrain.json").write_text(json.dumps(
-            {"final_loss": sum(losses[-200:]) / len(losses[-200:]), "seconds": time.time() - start, "steps": c["train_steps"]}))
+            {"final_loss": sum(losses[-200:]) / max(1, len(losses[-200:])), "seconds": time.time() - start, "steps": c["train_steps"]}))
 
     # -- the Teacher contract ---------------------------------------------------------------------
     @torch.no_grad()
@@ -169,13 +171,20 @@ class DigitsTeacher(Teacher):
                 self._prompt_cache[p] = e
         return torch.stack([self._prompt_cache[p] for p in prompts])
 
+    def _label_table(self, device) -> torch.Tensor:
+        """Embeddings of the 10 digit prompts and the empty prompt: (11, L, D), computed once per device."""
+        table = self._tables.get(str(device))
+        if table is None:
+            table = self.encode_prompts([digit_prompt(i) for i in range(10)] + [""]).to(device)
+            self._tables[str(device)] = table
+        return table
+
     def conditions(self, labels: torch.Tensor) -> torch.Tensor:
         """Conditions of dataset labels (B,) -> (B, L, D); label -1 gives the null (empty) prompt."""
-        table = self.encode_prompts([digit_prompt(i) for i in range(10)] + [""])  # (11, L, D)
-        return table.to(labels.device)[torch.where(labels < 0, 10, labels)]
+        return self._label_table(labels.device)[torch.where(labels < 0, 10, labels)]
 
     def null_condition(self, device="cpu"):
-        return self.encode_prompts([""]).to(device)
+        return self._label_table(device)[10:]
 
     @torch.no_grad()
     def denoise(self, x_t, t, cond):
@@ -223,4 +232,5 @@ class DigitsTeacher(Teacher):
         self.unet.to(device)
         self.text_encoder.to(device)
         self._prompt_cache = {k: v.to(device) for k, v in self._prompt_cache.items()}
+        self._tables = {}
         return self

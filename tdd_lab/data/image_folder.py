@@ -1,0 +1,89 @@
+"""Images with captions from a folder: ``a.png`` + ``a.txt``, or a ``captions.csv`` / ``captions.jsonl``.
+
+Samples are resized (shorter side), cropped (center or random) and scaled to [-1, 1]; the crop
+offset and the original size are kept (SDXL's micro-conditioning needs them). An unreadable image
+is skipped: ``__getitem__`` returns None and :func:`collate_skipping` counts it in the batch.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+
+
+def read_captions(root: Path) -> dict[str, str]:
+    """{file name: caption} from ``captions.csv`` (columns file_name, text) or ``captions.jsonl``."""
+    if (root / "captions.jsonl").exists():
+        rows = [json.loads(ln) for ln in (root / "captions.jsonl").read_text().splitlines() if ln.strip()]
+        return {r["file_name"]: r["text"] for r in rows}
+    if (root / "captions.csv").exists():
+        with open(root / "captions.csv", newline="") as f:
+            return {r["file_name"]: r["text"] for r in csv.DictReader(f)}
+    return {}
+
+
+class ImageFolderDataset(Dataset):
+    """``{"pixel_values" (3, R, R), "prompt", "original_size" (2,), "crop_top_left" (2,)}`` per image."""
+
+    def __init__(self, root: str | Path, resolution: int = 64, center_crop: bool = True, random_flip: bool = False):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"data.root {str(self.root)!r} is not a directory")
+        self.files = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_EXTS)
+        if not self.files:
+            raise ValueError(f"data.root {str(self.root)!r} holds no image ({', '.join(sorted(IMAGE_EXTS))})")
+        self.captions = read_captions(self.root)
+        self.resolution, self.center_crop, self.random_flip = resolution, center_crop, random_flip
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def caption(self, path: Path) -> str:
+        txt = path.with_suffix(".txt")
+        if txt.exists():
+            return txt.read_text().strip()
+        return self.captions.get(path.name, self.captions.get(str(path.relative_to(self.root)), ""))
+
+    def __getitem__(self, i: int):
+        from PIL import Image, UnidentifiedImageError
+        from torchvision.transforms import functional as TF
+
+        path = self.files[i]
+        try:
+            with Image.open(path) as im:
+                im = im.convert("RGB")
+                im.load()
+        except (OSError, UnidentifiedImageError, ValueError):
+            return None
+        w, h = im.size
+        r = self.resolution
+        im = TF.resize(im, r, interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
+        rw, rh = im.size
+        if self.center_crop:
+            top, left = (rh - r) // 2, (rw - r) // 2
+        else:
+            top, left = random.randint(0, rh - r), random.randint(0, rw - r)
+        im = TF.crop(im, top, left, r, r)
+        if self.random_flip and random.random() < 0.5:
+            im = TF.hflip(im)
+        x = TF.to_tensor(im) * 2 - 1
+        return {"pixel_values": x, "prompt": self.caption(path), "original_size": torch.tensor([h, w]),
+                "crop_top_left": torch.tensor([top, left])}
+
+
+def collate_skipping(samples: list) -> dict:
+    """Stack the readable samples; ``batch["skipped"]`` counts the unreadable ones."""
+    good = [s for s in samples if s is not None]
+    if not good:
+        return {"skipped": len(samples)}
+    batch = {k: (torch.stack([s[k] for s in good]) if torch.is_tensor(good[0][k]) else [s[k] for s in good])
+             for k in good[0]}
+    batch["skipped"] = len(samples) - len(good)
+    return batch

@@ -1,0 +1,49 @@
+"""The benchmark functions run and report sane numbers; fast paths keep the numerics."""
+
+import pytest
+import torch
+
+from tdd_lab import bench
+
+
+@pytest.fixture(scope="module")
+def module(tmp_path_factory):
+    return bench.digits_module(str(tmp_path_factory.mktemp("bench_cache")))
+
+
+def test_train_and_sampling_benchmarks(module):
+    r = bench.bench_train(module, batch_size=8, warmup=1, reps=1)
+    for k in ("full_step_s", "student_fwd_bwd_s", "teacher_2b_fwd_s", "target_fwd_s", "train_overhead_ratio"):
+        assert r[k] > 0
+    assert 0.5 < r["train_overhead_ratio"] < 5
+    s = bench.bench_sampling(module, batch_size=4, reps=1)
+    assert s["sample_speedup_4_vs_50cfg"] > 1
+
+
+def test_target_and_loader_benchmarks():
+    assert bench.bench_targets(reps=3)["target_selection_us"] > 0
+    r = bench.bench_loader(num_images=6, resolution=32, batch_size=3, num_workers=0)
+    assert r["loader_images_per_s"] > 0
+
+
+def test_channels_last_fast_path_agrees(module):
+    x = torch.randn(4, 1, 8, 8)
+    t = torch.full((4,), 300)
+    cond = module.teacher.conditions(torch.arange(4))
+    ref = module.student_eps(x, t, cond)
+    net = module.student
+    net.to(memory_format=torch.channels_last)
+    try:
+        fast = module.student_eps(x.contiguous(memory_format=torch.channels_last), t, cond)
+    finally:
+        net.to(memory_format=torch.contiguous_format)
+    torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_compile_fast_path_agrees(module):
+    x, t = torch.randn(4, 1, 8, 8), module.schedule.model_time(torch.full((4,), 300))
+    cond = module.teacher.conditions(torch.arange(4))
+    eager = module.student(x, t, cond)
+    compiled = torch.compile(module.student)(x, t, cond)
+    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4)

@@ -1,0 +1,51 @@
+"""The image-folder loader: captions, crops, corrupt samples skipped and counted, clear errors."""
+
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from tdd_lab.data.image_folder import ImageFolderDataset, collate_skipping
+
+
+def make_folder(root, n=4, size=(48, 40)):
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.new("RGB", size, color=(10 * i, 0, 0)).save(root / f"img{i}.png")
+        (root / f"img{i}.txt").write_text(f"a red square number {i}\n")
+    return root
+
+
+def test_samples_captions_and_crop(tmp_path):
+    ds = ImageFolderDataset(make_folder(tmp_path / "d"), resolution=32)
+    s = ds[1]
+    assert s["pixel_values"].shape == (3, 32, 32) and s["prompt"] == "a red square number 1"
+    assert s["original_size"].tolist() == [40, 48]
+    assert -1.0 <= s["pixel_values"].min() and s["pixel_values"].max() <= 1.0
+    assert s["crop_top_left"].tolist() == [0, (38 - 32) // 2]  # 48x40 -> 38x32 resize, center crop
+
+
+def test_jsonl_captions(tmp_path):
+    root = tmp_path / "j"
+    root.mkdir()
+    Image.new("RGB", (16, 16)).save(root / "a.jpg")
+    (root / "captions.jsonl").write_text('{"file_name": "a.jpg", "text": "a black square"}\n')
+    assert ImageFolderDataset(root, 16)[0]["prompt"] == "a black square"
+
+
+def test_corrupt_images_are_skipped_and_counted(tmp_path):
+    root = make_folder(tmp_path / "c", n=3)
+    (root / "broken.png").write_bytes(b"not a png at all")
+    loader = DataLoader(ImageFolderDataset(root, 16), batch_size=4, collate_fn=collate_skipping)
+    batch = next(iter(loader))
+    assert batch["skipped"] == 1 and batch["pixel_values"].shape == (3, 3, 16, 16)
+    assert isinstance(batch["prompt"], list) and len(batch["prompt"]) == 3
+    assert torch.equal(batch["original_size"][0], torch.tensor([40, 48]))
+
+
+def test_bad_roots(tmp_path):
+    with pytest.raises(FileNotFoundError, match="data.root"):
+        ImageFolderDataset(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="holds no image"):
+        ImageFolderDataset(tmp_path / "empty")
