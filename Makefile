@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup run test test-slow test-all lint clean
+.PHONY: setup run bench test test-slow test-all lint clean
 
 setup: $(STAMP)  ## create the virtualenv and install tdd_lab[dev] (no-op when pyproject.toml is unchanged)
 
@@ -16,6 +16,9 @@ $(STAMP): pyproject.toml
 
 run: setup  ## the main job: TDD on the embedded digits teacher (pretrains and caches the teacher on first use)
 	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(PY) -m tdd_lab.train $(ARGS)
+
+bench: setup  ## benchmarks (medians; `make bench ARGS=--quick` takes about half a minute)
+	$(PY) -m tdd_lab.bench --json $(ARGS)
 
 test: setup  ## fast test suite (slow tests deselected)
 	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(PY) -m pytest -q

@@ -4,8 +4,10 @@ One process; each measurement warms up, then repeats and reports the median. Mea
 embedded digits setup with a random-weight teacher of the real architecture (timings do not
 depend on the weights, so nothing is pretrained):
 
-- ``train_overhead_ratio``: a full distillation step / the sum of its network passes timed alone
-  (student forward+backward, teacher cond+uncond 2B forward, target forward). Limit 1.0, target <= 1.15.
+- ``train_overhead_ratio``: a full distillation step (loss, backward, AdamW step) / the sum of its
+  network passes timed alone (student forward+backward, teacher cond+uncond 2B forward, target
+  forward). Limit 1.0, target <= 1.15. ``lightning_overhead_ratio``: the same with the step timed
+  inside ``Trainer.fit`` (loop, logging and hooks included).
 - ``teacher_cfg_batched_speedup``: two B teacher forwards / one batched 2B forward.
 - ``sample_speedup_4_vs_50cfg``: 50-step CFG teacher sampling / 4-step student sampling, same batch
   (limit: the NFE ratio 25; target >= 15).
@@ -102,6 +104,30 @@ def bench_train(module, batch_size: int, warmup: int, reps: int) -> dict[str, fl
     return r
 
 
+def bench_lightning_step(module, batch_size: int, warmup: int, reps: int) -> dict[str, float]:
+    """Median time of one step inside ``Trainer.fit`` (loop, logging, hooks included)."""
+    import pytorch_lightning as pl
+
+    from tdd_lab.data import DigitsDataModule
+
+    class StepTimer(pl.Callback):
+        def __init__(self):
+            self.times, self._t0 = [], 0.0
+
+        def on_train_batch_start(self, *args):
+            self._t0 = time.perf_counter()
+
+        def on_train_batch_end(self, *args):
+            self.times.append(time.perf_counter() - self._t0)
+
+    timer = StepTimer()
+    trainer = pl.Trainer(accelerator="cpu", max_steps=warmup + reps, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=[timer],
+                         log_every_n_steps=25)
+    trainer.fit(module, datamodule=DigitsDataModule(batch_size=batch_size))
+    return {"lightning_step_s": statistics.median(timer.times[warmup:])}
+
+
 def bench_sampling(module, batch_size: int, reps: int) -> dict[str, float]:
     from tdd_lab.samplers import DDIMSampler, TDDSampler
 
@@ -157,6 +183,9 @@ def run(quick: bool = False, cache_dir: str | None = None) -> dict[str, float]:
     module = digits_module(cache_dir)
     results = {"batch_size": 64.0, "threads": float(torch.get_num_threads())}
     results.update(bench_train(module, 64, warmup, reps))
+    results.update(bench_lightning_step(module, 64, warmup, reps))
+    passes = results["student_fwd_bwd_s"] + results["teacher_2b_fwd_s"] + results["target_fwd_s"]
+    results["lightning_overhead_ratio"] = results["lightning_step_s"] / passes
     results.update(bench_sampling(module, 256, 3 if quick else 6))
     results.update(bench_targets(50 if quick else 200))
     results.update(bench_loader(64 if quick else 256, 64, 16, 0 if quick else 2))

@@ -16,6 +16,7 @@ def test_train_and_sampling_benchmarks(module):
     for k in ("full_step_s", "student_fwd_bwd_s", "teacher_2b_fwd_s", "target_fwd_s", "train_overhead_ratio"):
         assert r[k] > 0
     assert 0.5 < r["train_overhead_ratio"] < 5
+    assert bench.bench_lightning_step(module, batch_size=8, warmup=1, reps=2)["lightning_step_s"] > 0
     s = bench.bench_sampling(module, batch_size=4, reps=1)
     assert s["sample_speedup_4_vs_50cfg"] > 1
 
@@ -47,3 +48,18 @@ def test_compile_fast_path_agrees(module):
     eager = module.student(x, t, cond)
     compiled = torch.compile(module.student)(x, t, cond)
     torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4)
+
+
+def test_gpu_sdxl_script_runs_tiny_on_cpu():
+    """The prepared GPU script (SDXL architecture) runs end to end in its tiny CPU mode."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "experiments" / "bench" / "gpu_sdxl.py"
+    res = subprocess.run([sys.executable, str(script), "--tiny", "--device", "cpu", "--reps", "1"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["baseline_step_s"] > 0 and out["fast_step_s"] > 0 and out["sample_speedup_4_vs_50cfg"] > 1
