@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from tdd_lab.guidance.base import Guidance
@@ -96,13 +97,15 @@ class Evaluator:
         describe = getattr(teacher, "describe", lambda: {"class": type(teacher).__name__})
         key = config_key({"teacher": describe(), "sampler": sampler.describe(), "n_ddim": num_ddim_timesteps,
                           "metrics": self.metrics.describe(), "steps": self.steps, "n": self.num_samples,
-                          "seed": self.seed, "w": self.teacher_w, "teacher_steps": self.teacher_steps, "v": 1})
+                          "seed": self.seed, "w": self.teacher_w, "teacher_steps": self.teacher_steps, "v": 2})
         cache = Path(self.cache_dir or default_cache_dir()) / "teacher-metrics" / f"{key}.json"
         noise, labels = self.inputs(teacher)
         eps_fn = lambda x, t, c, tc: teacher.denoise(x, t, c)[1]  # noqa: E731
         cfg = self.teacher_w + 1.0  # "w + 1" form -> standard CFG scale
-        if cache.exists():
-            return json.loads(cache.read_text()), {}
+        sample_file = cache.with_suffix(".safetensors")
+        if cache.exists() and sample_file.exists():
+            loaded = load_file(str(sample_file))
+            return json.loads(cache.read_text()), {int(k): v for k, v in loaded.items()}
         runs = [(k, sampler) for k in self.steps] + [(self.teacher_steps, DDIMSampler(eta=0.0))]
         results, samples = {}, {}
         for k, smp in tqdm(runs, desc="evaluating teacher (cached afterwards)", disable=not self.progress):
@@ -110,5 +113,9 @@ class Evaluator:
             samples[k] = x
             for name, v in self.metrics.compute(x, labels, noise, teacher, self.teacher_w).items():
                 results[f"teacher/{name}@{k}"] = v
-        atomic_write_json(cache, results)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = sample_file.with_name(f".{sample_file.name}.tmp")
+        save_file({str(k): v.contiguous() for k, v in samples.items()}, str(tmp))
+        tmp.replace(sample_file)
+        atomic_write_json(cache, results)  # written last: its presence means both files are complete
         return results, samples

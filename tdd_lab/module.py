@@ -9,6 +9,7 @@ No option names are inspected here: every choice is an object with a small contr
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +25,12 @@ from tdd_lab.strategies.base import TargetStrategy
 from tdd_lab.students import StudentFactory, trainable_parameters
 from tdd_lab.targets import TargetNetwork
 from tdd_lab.teachers.base import Teacher
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite."""
 
 
 class DistillationModule(pl.LightningModule):
@@ -42,6 +49,9 @@ class DistillationModule(pl.LightningModule):
         lr_scheduler: Callable[..., Any] | None = None,              # partial: scheduler(optimizer)
         channels_last: bool = False,                                 # fast path: NHWC memory format for convnets
         compile: bool = False,                                       # fast path: torch.compile student and teacher net
+        check_finite: bool = True,                                   # stop on a NaN/inf loss, naming the step
+        gradient_checkpointing: bool = False,                        # recompute activations in backward (memory)
+        seed: int = 0,                                               # base seed; rank r draws with seed + r
     ):
         super().__init__()
         self.teacher, self.solver, self.strategy = teacher, solver, strategy
@@ -54,6 +64,12 @@ class DistillationModule(pl.LightningModule):
         self.target = target.bind(self.student)
         self._optimizer, self._lr_scheduler = optimizer, lr_scheduler
         self.channels_last, self.compile_nets = channels_last, compile
+        self.check_finite, self.seed = check_finite, seed
+        if gradient_checkpointing:
+            enabled = [m.enable_gradient_checkpointing() for m in self.student.modules()
+                       if hasattr(m, "enable_gradient_checkpointing") and hasattr(m, "_supports_gradient_checkpointing")]
+            if not enabled:
+                raise ValueError("model.gradient_checkpointing: the student network has no diffusers model to checkpoint")
         self._fast_paths_applied = False
 
     @property
@@ -78,6 +94,12 @@ class DistillationModule(pl.LightningModule):
 
     def on_fit_start(self) -> None:
         self.teacher.to(self.device)
+        # identical weights on every rank (seeded before building), different noise/timesteps/drops per rank
+        # (on resume the RNG states come from the checkpoint instead: RNGStateCallback)
+        if self.trainer.ckpt_path is None:
+            rank_seed = self.seed + self.global_rank
+            pl.seed_everything(rank_seed, workers=True, verbose=False)
+            log.info("rank %d: training seed %d", self.global_rank, rank_seed)
 
     # -- the student as (x0, eps) and as an epsilon model ----------------------------------------------
     def student_predict(self, net, x_t, t, cond, timestep_cond=None):
@@ -120,6 +142,10 @@ class DistillationModule(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         loss, stats = self.distillation_loss(batch)
+        if self.check_finite and not torch.isfinite(loss):  # one host sync; stops before backward/step
+            raise NonFiniteLossError(
+                f"non-finite loss ({loss.item()}) at step {self.global_step}: stopping before the optimizer step; "
+                "the last checkpoint was written before this step and is intact")
         self.log("train/loss", loss, prog_bar=True)
         self.log_dict(stats)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"])
@@ -130,7 +156,8 @@ class DistillationModule(pl.LightningModule):
         if "grad_2.0_norm_total" in norms:
             self.log("train/grad_norm", norms["grad_2.0_norm_total"])
 
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+    def on_before_zero_grad(self, optimizer) -> None:
+        # right after each optimizer step, before callbacks' on_train_batch_end (checkpoints see the update)
         self.target.update(self.student)
 
     def configure_optimizers(self):

@@ -18,9 +18,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from tdd_lab.export import export_student
-from tdd_lab.module import DistillationModule
+from tdd_lab.module import DistillationModule, NonFiniteLossError
 from tdd_lab.outputs import log_results, print_table, save_sample_grids
 from tdd_lab.utils.cache import atomic_write_json
+from tdd_lab.validate import ConfigError, validate_config
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +40,24 @@ def build_module(cfg: DictConfig) -> tuple[DistillationModule, Any, Any]:
         loss=inst(cfg.loss),
         optimizer=inst(cfg.optimizer),
         lr_scheduler=inst(cfg.lr_scheduler) if cfg.get("lr_scheduler") else None,
+        seed=int(cfg.seed),
         **cfg.get("model", {}),
     )
     return module, inst(cfg.data, teacher=teacher), inst(cfg.sampler)
 
 
+def resume_path(cfg: DictConfig, out_dir: Path) -> str | None:
+    """``resume=auto``: the run dir's last checkpoint if there is one; ``resume=PATH``: that checkpoint."""
+    resume = cfg.get("resume")
+    if resume == "auto":
+        last = out_dir / "checkpoints" / "last.ckpt"
+        return str(last) if last.exists() else None
+    return None if resume is None else str(resume)
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, evaluate, log and export; returns the metrics written to ``metrics.json``."""
+    validate_config(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     out_dir = Path(cfg.paths.output_dir)
     module, datamodule, sampler = build_module(cfg)
@@ -55,7 +67,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
-    trainer.fit(module, datamodule=datamodule)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path(cfg, out_dir))
     if not trainer.is_global_zero:
         return {}
 
@@ -88,7 +100,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     torch.set_float32_matmul_precision("high")
-    metrics = train(cfg)
+    try:
+        metrics = train(cfg)
+    except (ConfigError, NonFiniteLossError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     value = metrics.get(cfg.get("optimized_metric"))
     return None if value is None else float(value)
 

@@ -82,3 +82,18 @@ def test_debug_smoke_shrinks_every_experiment(experiment, tmp_path, cache_dir):
 def test_plus_experiment_spelling():
     argv = ["x", "+experiment=tdd_sdxl", "debug=smoke", "+foo=1", "+hparams_search=optuna"]
     assert accept_plus_groups(argv) == ["x", "experiment=tdd_sdxl", "debug=smoke", "+foo=1", "hparams_search=optuna"]
+
+
+@pytest.mark.parametrize("launcher", ["slurm", "local"])
+def test_submitit_launchers_compose(launcher, tmp_path, cache_dir):
+    cfg = compose_cfg([f"hydra/launcher={launcher}"], tmp_path, cache_dir)
+    assert "submitit" in cfg.hydra.launcher._target_.lower()
+    if launcher == "slurm":
+        assert cfg.hydra.launcher.max_num_timeout > 0 and cfg.hydra.launcher.tasks_per_node == 8
+
+
+@pytest.mark.parametrize("trainer", ["cpu", "gpu", "ddp", "fsdp"])
+def test_trainer_options(trainer, tmp_path, cache_dir):
+    cfg = compose_cfg([f"trainer={trainer}"], tmp_path, cache_dir)
+    assert cfg.trainer._target_ == "pytorch_lightning.Trainer"
+    assert cfg.trainer.plugins[0]._target_.endswith("AtomicCheckpointIO")

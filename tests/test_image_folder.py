@@ -49,3 +49,16 @@ def test_bad_roots(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="holds no image"):
         ImageFolderDataset(tmp_path / "empty")
+
+
+def test_too_many_corrupt_samples_stop_the_run(tmp_path):
+    from tdd_lab.data.image_folder import DataQualityError, SkippingCollate
+
+    root = make_folder(tmp_path / "m", n=6)
+    for i in range(3):
+        (root / f"zbad{i}.png").write_bytes(b"garbage")  # sorted last
+    ok = DataLoader(ImageFolderDataset(root, 16), batch_size=3, collate_fn=SkippingCollate(0.5, min_seen=3))
+    assert sum(b["skipped"] for b in ok) == 3  # 3 of 9 = 33% <= 50%: runs through, counted
+    strict = DataLoader(ImageFolderDataset(root, 16), batch_size=9, collate_fn=SkippingCollate(0.1, min_seen=3))
+    with pytest.raises(DataQualityError, match=r"3 of 9 samples were unreadable \(33.3%\), more than data.max_bad_fraction=0.1"):
+        next(iter(strict))

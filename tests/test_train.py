@@ -109,3 +109,28 @@ def test_cli_train_then_sample_round_trip(tmp_path, cache_dir):
     assert torch.isfinite(saved["samples"]).all()
     res = run_cli(["-m", "tdd_lab.sample", str(tmp_path / "nope")], ROOT, cache_dir)
     assert res.returncode == 2 and "student.json" in res.stderr
+
+
+def test_gradient_checkpointing_keeps_gradients(tmp_path, cache_dir):
+    from tdd_lab.train import build_module
+
+    grads = []
+    for gc in ("false", "true"):
+        cfg = compose_cfg(fast_overrides("tdd_digits") + [f"model.gradient_checkpointing={gc}"], tmp_path, cache_dir)
+        module, _, _ = build_module(cfg)
+        torch.manual_seed(0)
+        x, t = torch.randn(4, 1, 8, 8), torch.full((4,), 400)
+        cond = module.teacher.conditions(torch.arange(4))
+        module.student_eps(x, t, cond).square().mean().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in module.student.parameters() if p.grad is not None]))
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-6)
+
+
+def test_wandb_api_key_never_written(tmp_path, cache_dir, monkeypatch):
+    secret = "sk-test-0123456789abcdef0123456789abcdef"
+    monkeypatch.setenv("WANDB_API_KEY", secret)
+    cfg = compose_cfg(fast_overrides("tdd_gmm2d") + ["logger=wandb"], tmp_path, cache_dir)
+    train(cfg)
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path

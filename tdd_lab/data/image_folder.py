@@ -87,3 +87,28 @@ def collate_skipping(samples: list) -> dict:
              for k in good[0]}
     batch["skipped"] = len(samples) - len(good)
     return batch
+
+
+class DataQualityError(RuntimeError):
+    """Too many unreadable samples."""
+
+
+class SkippingCollate:
+    """:func:`collate_skipping` that stops the run once the unreadable fraction exceeds ``max_bad_fraction``.
+
+    Counts are kept where the collate runs (the main process, or each loader worker).
+    """
+
+    def __init__(self, max_bad_fraction: float = 0.05, min_seen: int = 64):
+        self.max_bad_fraction, self.min_seen = max_bad_fraction, min_seen
+        self.seen = self.skipped = 0
+
+    def __call__(self, samples: list) -> dict:
+        batch = collate_skipping(samples)
+        self.seen += len(samples)
+        self.skipped += batch["skipped"]
+        if self.seen >= self.min_seen and self.skipped > self.max_bad_fraction * self.seen:
+            raise DataQualityError(
+                f"{self.skipped} of {self.seen} samples were unreadable ({self.skipped / self.seen:.1%}), more than "
+                f"data.max_bad_fraction={self.max_bad_fraction:g}: check the data")
+        return batch

@@ -7,6 +7,17 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from tdd_lab.data.digits import load_digit_tensors
+from tdd_lab.data.sampler import ResumableRandomSampler
+
+
+def resumable_loader(module: pl.LightningDataModule, dataset, batch_size: int, seed: int, num_workers: int = 0):
+    """A shuffled, drop-last loader that continues at the trainer's global step (exact resume)."""
+    trainer = getattr(module, "trainer", None)
+    start = trainer.global_step * max(1, trainer.accumulate_grad_batches) if trainer is not None else 0
+    sampler = ResumableRandomSampler(len(dataset), batch_size, seed, start)
+    # its own generator: creating an iterator must not draw from the global RNG (restored on resume)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True, num_workers=num_workers,
+                      persistent_workers=num_workers > 0, generator=torch.Generator().manual_seed(seed + start))
 
 
 class TensorPairs(Dataset):
@@ -25,17 +36,16 @@ class TensorPairs(Dataset):
 class DigitsDataModule(pl.LightningDataModule):
     """The 1,797 sklearn digits in [-1, 1] with their labels (prompts are made by the teacher)."""
 
-    def __init__(self, batch_size: int = 64, num_workers: int = 0, teacher=None):
+    def __init__(self, batch_size: int = 64, num_workers: int = 0, seed: int = 0, teacher=None):
         super().__init__()
-        self.batch_size, self.num_workers = batch_size, num_workers
+        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
 
     def setup(self, stage: str | None = None) -> None:
         images, labels = load_digit_tensors()
         self.train_set = TensorPairs(images, labels)
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, drop_last=True,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+        return resumable_loader(self, self.train_set, self.batch_size, self.seed, self.num_workers)
 
 
 class GMMDataModule(pl.LightningDataModule):
@@ -51,5 +61,4 @@ class GMMDataModule(pl.LightningDataModule):
         self.train_set = TensorPairs(x0.float(), labels)
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, drop_last=True,
-                          num_workers=self.num_workers)
+        return resumable_loader(self, self.train_set, self.batch_size, self.seed, self.num_workers)

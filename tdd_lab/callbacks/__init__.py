@@ -1,0 +1,5 @@
+"""Lightning callbacks of tdd_lab."""
+
+from tdd_lab.callbacks.rng import RNGStateCallback
+
+__all__ = ["RNGStateCallback"]

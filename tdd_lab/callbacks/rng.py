@@ -1,0 +1,42 @@
+"""Save every RNG state in checkpoints and restore it on resume, so a resumed run draws what an
+uninterrupted run would have drawn (noise, timesteps, targets, dropped prompts)."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+
+
+class RNGStateCallback(pl.Callback):
+    """Checkpoints the torch (CPU and CUDA), numpy and Python RNG states; re-applies them at train start."""
+
+    def __init__(self):
+        self._pending: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        # tensors and plain Python values only, so checkpoints load with torch.load(weights_only=True)
+        state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+                 "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                           "has_gauss": int(has_gauss), "gauss": float(gauss)}}
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._pending = state_dict
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self._pending is None:
+            return
+        s, self._pending = self._pending, None
+        torch.set_rng_state(s["torch"])
+        n = s["numpy"]
+        np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+        random.setstate(s["python"])
+        if "cuda" in s and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(s["cuda"])

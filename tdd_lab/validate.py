@@ -1,0 +1,100 @@
+"""Validation of a composed config before any model is built: bad input fails fast and clearly.
+
+``validate_config(cfg)`` instantiates the cheap components (whose constructors check their ranges),
+checks the cross-component constraints and the paths, and raises :class:`ConfigError` whose message
+names the config key and the allowed values. ``python -m tdd_lab.train`` prints it and exits with 2.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import hydra
+from hydra.errors import InstantiationException
+from omegaconf import DictConfig
+
+from tdd_lab.timesteps import check_grid_size
+
+
+class ConfigError(ValueError):
+    """A config value is invalid; the message names the key."""
+
+
+def _root_cause(e: BaseException) -> BaseException:
+    while e.__cause__ is not None:
+        e = e.__cause__
+    return e
+
+
+def _instantiate(cfg: DictConfig, group: str, **kwargs):
+    try:
+        return hydra.utils.instantiate(cfg[group], **kwargs)
+    except InstantiationException as e:
+        cause = _root_cause(e)
+        msg = str(cause)
+        if isinstance(cause, TypeError) and "unexpected keyword argument" in msg:
+            bad = msg.split("unexpected keyword argument")[-1].strip(" '\"")
+            raise ConfigError(f"{group}: unknown parameter {group}.{bad}") from None
+        raise ConfigError(f"{group}: {msg}") from None
+
+
+def check_pretrained(value: str, key: str = "teacher.pretrained") -> None:
+    """A local folder must exist and hold a diffusers layout; a hub id must be in the local cache when offline."""
+    looks_local = value.startswith((".", "/", "~")) or os.path.exists(os.path.expanduser(value))
+    if looks_local:
+        path = Path(value).expanduser()
+        if not path.is_dir():
+            raise ConfigError(f"{key}: folder {str(path)!r} does not exist")
+        if not any(path.iterdir()):
+            raise ConfigError(f"{key}: folder {str(path)!r} is empty")
+        if not (path / "model_index.json").exists() and not (path / "config.json").exists():
+            raise ConfigError(f"{key}: folder {str(path)!r} is incomplete: no model_index.json (a diffusers pipeline) "
+                              "or config.json (a single model)")
+        return
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    if offline:
+        from huggingface_hub import try_to_load_from_cache
+
+        hit = try_to_load_from_cache(value, "model_index.json")
+        if not isinstance(hit, str):
+            raise ConfigError(f"{key}: hub id {value!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE "
+                              "is set; download it first or pass a local folder")
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Raise :class:`ConfigError` on the first invalid value; builds no model and reads no weights."""
+    for group in ("strategy", "guidance", "loss", "sampler", "student", "target"):
+        if group in cfg and cfg[group] is not None:
+            _instantiate(cfg, group)
+    n = int(cfg.solver.get("num_ddim_timesteps", 50))
+    t_train = int(cfg.teacher.get("num_train_timesteps", 1000))
+    try:
+        check_grid_size(t_train, n)
+    except ValueError as e:
+        raise ConfigError(f"solver: {e}") from None
+    strat = cfg.strategy
+    for key in ("num_inference_steps_max", "num_phases"):
+        if key in strat and int(strat[key]) > n:
+            raise ConfigError(f"strategy.{key}={strat[key]} exceeds solver.num_ddim_timesteps={n}")
+    for k in cfg.metrics.get("steps", []):
+        if not 1 <= int(k) <= n:
+            raise ConfigError(f"metrics.steps: {k} is outside [1, solver.num_ddim_timesteps={n}]")
+    if int(cfg.trainer.get("max_steps", 1)) <= 0:
+        raise ConfigError(f"trainer.max_steps must be > 0, got {cfg.trainer.max_steps}")
+    if "batch_size" in cfg.data and int(cfg.data.batch_size) <= 0:
+        raise ConfigError(f"data.batch_size must be > 0, got {cfg.data.batch_size}")
+    if cfg.teacher.get("pretrained"):
+        check_pretrained(str(cfg.teacher.pretrained))
+    root = cfg.data.get("root")
+    if root is not None:
+        path = Path(str(root)).expanduser()
+        if not path.is_dir():
+            raise ConfigError(f"data.root: {str(path)!r} is not a directory")
+        from tdd_lab.data.image_folder import IMAGE_EXTS
+
+        if not any(p.suffix.lower() in IMAGE_EXTS for p in path.rglob("*")):
+            raise ConfigError(f"data.root: {str(path)!r} holds no image ({', '.join(sorted(IMAGE_EXTS))})")
+    resume = cfg.get("resume")
+    if resume not in (None, "auto") and not Path(str(resume)).is_file():
+        raise ConfigError(f"resume: checkpoint {str(resume)!r} not found (use a .ckpt path, 'auto' or null)")

@@ -1,0 +1,102 @@
+"""Bad input is caught before any model is built, with a message naming the culprit."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra.errors import ConfigCompositionException, MissingConfigException
+
+from tdd_lab.validate import ConfigError, check_pretrained, validate_config
+
+from .conftest import compose_cfg
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def folders(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "partial").mkdir()
+    (tmp_path / "partial" / "unet").mkdir()
+    (tmp_path / "no_images").mkdir()
+    (tmp_path / "no_images" / "notes.txt").write_text("hello")
+    return tmp_path
+
+
+CASES = [
+    (["strategy.s_ratio=1.5"], r"strategy: s_ratio must be in \[0, 1\], got 1.5"),
+    (["strategy.s_ratio=-0.2"], r"strategy: s_ratio must be in \[0, 1\]"),
+    (["strategy.num_inference_steps_min=9"], "num_inference_steps_min must be <= num_inference_steps_max"),
+    (["strategy.mode=sometimes"], "mode must be one of"),
+    (["+strategy.s_raito=0.3"], r"strategy: unknown parameter strategy.s_raito"),
+    (["strategy=pcm", "strategy.num_phases=0"], "num_phases must be in"),
+    (["solver.num_ddim_timesteps=0"], "num_ddim_timesteps must be in"),
+    (["solver.num_ddim_timesteps=300"], "num_ddim_timesteps must divide num_train_timesteps=1000"),
+    (["solver.num_ddim_timesteps=5"], r"strategy.num_inference_steps_max=8 exceeds solver.num_ddim_timesteps=5"),
+    (["guidance.proportion_empty_prompts=1.5"], r"proportion_empty_prompts must be in \[0, 1\]"),
+    (["guidance.proportion_empty_prompts=-0.5"], r"proportion_empty_prompts must be in \[0, 1\]"),
+    (["guidance=lcm_w", "guidance.w_min=9"], "w_min must be <= w_max"),
+    (["loss.huber_c=0"], r"loss: huber_c must be in \(0, \+inf\)"),
+    (["loss.huber_c=-1e-3"], r"huber_c must be in \(0"),
+    (["sampler.eta=1.5"], r"sampler: sampler.eta must be in \[0, 1\], got 1.5"),
+    (["sampler=tcd", "sampler.eta=-0.1"], r"sampler.eta must be in \[0, 1\]"),
+    (["student=lora", "student.rank=0"], "student.rank must be in"),
+    (["target=ema", "target.decay=2"], r"target.decay must be in \[0, 1\]"),
+    (["metrics.steps=[2,100]"], r"metrics.steps: 100 is outside \[1, solver.num_ddim_timesteps=50\]"),
+    (["trainer.max_steps=0"], "trainer.max_steps must be > 0"),
+    (["data.batch_size=0"], "data.batch_size must be > 0"),
+    (["resume=/nope/last.ckpt"], "resume: checkpoint '/nope/last.ckpt' not found"),
+    (["+teacher.pretrained=/nope/sdxl"], "teacher.pretrained: folder '/nope/sdxl' does not exist"),
+    (["+teacher.pretrained={tmp}/empty"], "is empty"),
+    (["+teacher.pretrained={tmp}/partial"], "is incomplete: no model_index.json"),
+    (["+teacher.pretrained=stabilityai/not-a-cached-model"], "is not in the local Hugging Face cache"),
+    (["+data.root=/nope/images"], "data.root: '/nope/images' is not a directory"),
+    (["+data.root={tmp}/no_images"], "holds no image"),
+]
+
+
+@pytest.mark.parametrize("overrides,match", CASES, ids=[" ".join(o) for o, _ in CASES])
+def test_bad_config_is_rejected_with_a_named_culprit(overrides, match, folders, cache_dir, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    overrides = [o.replace("{tmp}", str(folders)) for o in overrides]
+    cfg = compose_cfg(overrides, folders / "run", cache_dir)
+    with pytest.raises(ConfigError, match=match):
+        validate_config(cfg)
+
+
+def test_good_configs_pass(tmp_path, cache_dir):
+    for exp in ("tdd_digits", "tdd_gmm2d"):
+        validate_config(compose_cfg([f"experiment={exp}"], tmp_path, cache_dir))
+
+
+def test_unknown_option_and_experiment_fail_at_composition(tmp_path, cache_dir):
+    with pytest.raises((MissingConfigException, ConfigCompositionException), match="ctm"):
+        compose_cfg(["strategy=ctm"], tmp_path, cache_dir)
+    with pytest.raises((MissingConfigException, ConfigCompositionException), match="tdd_sd99"):
+        compose_cfg(["experiment=tdd_sd99"], tmp_path, cache_dir)
+
+
+def test_valid_pretrained_folder(tmp_path):
+    (tmp_path / "model_index.json").write_text("{}")
+    check_pretrained(str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        (["strategy.s_ratio=1.5"], r"error: strategy: s_ratio must be in \[0, 1\]"),
+        (["strategy=ctm"], "Could not find 'strategy/ctm'"),
+        (["+experiment=tdd_sd99"], "Could not find 'experiment/tdd_sd99'"),
+    ],
+)
+def test_cli_exits_nonzero_without_traceback(args, match, tmp_path):
+    env = {**os.environ, "TDD_LAB_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    res = subprocess.run([sys.executable, "-m", "tdd_lab.train", *args, f"hydra.run.dir={tmp_path / 'run'}"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode != 0
+    assert "Traceback" not in res.stderr and "Traceback" not in res.stdout
+    assert __import__("re").search(match, res.stderr + res.stdout)
+    assert not (tmp_path / "cache").exists()  # failed before building anything
