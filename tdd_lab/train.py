@@ -17,6 +17,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from tdd_lab.data.image_folder import DataQualityError
 from tdd_lab.export import export_student
 from tdd_lab.module import DistillationModule, NonFiniteLossError
 from tdd_lab.outputs import log_results, print_table, save_sample_grids
@@ -102,7 +103,7 @@ def main(cfg: DictConfig) -> float | None:
     torch.set_float32_matmul_precision("high")
     try:
         metrics = train(cfg)
-    except (ConfigError, NonFiniteLossError, FileNotFoundError) as e:
+    except (ConfigError, NonFiniteLossError, DataQualityError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     value = metrics.get(cfg.get("optimized_metric"))

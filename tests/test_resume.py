@@ -17,7 +17,7 @@ from .conftest import compose_cfg, fast_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMON = ["+experiment=tdd_gmm2d", "debug=smoke", "callbacks=default", "trainer.enable_checkpointing=true",
-          "callbacks.model_checkpoint.every_n_train_steps=10", "trainer.max_steps=25", "teacher.init_steps=20",
+          "callbacks.checkpoint.every_n_train_steps=10", "trainer.max_steps=25", "teacher.init_steps=20",
           "metrics.metrics.ode_steps=100", "target=ema"]
 
 
@@ -52,7 +52,9 @@ def test_checkpoints_keep_last_n(tmp_path, cache_dir):
 
 
 def test_non_finite_loss_stops_with_clear_message(tmp_path, cache_dir, monkeypatch):
-    cfg = compose_cfg(fast_overrides("tdd_gmm2d") + ["trainer.max_steps=8"], tmp_path, cache_dir)
+    cfg = compose_cfg(fast_overrides("tdd_gmm2d") + [
+        "trainer.max_steps=8", "callbacks=default", "trainer.enable_checkpointing=true",
+        "callbacks.checkpoint.every_n_train_steps=2"], tmp_path, cache_dir)
     from tdd_lab import losses
 
     calls = {"n": 0}
@@ -61,12 +63,15 @@ def test_non_finite_loss_stops_with_clear_message(tmp_path, cache_dir, monkeypat
     def flaky(self, pred, target):
         calls["n"] += 1
         loss = original(self, pred, target)
-        return loss * float("nan") if calls["n"] == 4 else loss
+        return loss * float("nan") if calls["n"] == 5 else loss
 
     monkeypatch.setattr(losses.L2Loss, "__call__", flaky)
-    with pytest.raises(NonFiniteLossError, match="non-finite loss .* at step 3"):
+    with pytest.raises(NonFiniteLossError, match="non-finite loss .* at step 4"):
         train(cfg)
     assert not (tmp_path / "metrics.json").exists()
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)  # the last good one, loadable
+    assert last["global_step"] == 4
+    assert all(torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point())
 
 
 def test_ddp_two_cpu_processes_rank0_writes_outputs(tmp_path, cache_dir):
