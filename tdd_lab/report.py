@@ -1,0 +1,145 @@
+"""Ablation report of a sweep: ``python -m tdd_lab.report SWEEP_DIR``.
+
+Reads every run of a Hydra multirun (``SWEEP_DIR/*/metrics.json`` with ``.hydra/overrides.yaml``),
+writes ``ablation.csv`` (one row per run: its varied settings and metrics), ``ablation.md`` (runs
+grouped over seeds: mean +- std, best value per metric in bold) and plots of each metric against the
+step count, one line per setting; prints the markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import re
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import yaml
+
+LOWER_IS_BETTER = ("fid", "kid", "ode_error", "swd", "loss")
+
+
+def better_low(metric: str) -> bool:
+    return any(k in metric for k in LOWER_IS_BETTER)
+
+
+def load_runs(sweep_dir: Path) -> list[dict]:
+    """[{"dir", "overrides": {key: value}, "metrics": {...}}] for every finished run below ``sweep_dir``."""
+    runs = []
+    for mfile in sorted(sweep_dir.rglob("metrics.json")):
+        run_dir = mfile.parent
+        ov_file = run_dir / ".hydra" / "overrides.yaml"
+        overrides = {}
+        if ov_file.exists():
+            for item in yaml.safe_load(ov_file.read_text()) or []:
+                key, _, value = item.lstrip("+~").partition("=")
+                if not key.startswith("hydra"):
+                    overrides[key] = value
+        runs.append({"dir": str(run_dir.relative_to(sweep_dir)), "overrides": overrides,
+                     "metrics": yaml.safe_load(mfile.read_text())})
+    return runs
+
+
+def varied_keys(runs: list[dict]) -> list[str]:
+    keys = sorted({k for r in runs for k in r["overrides"]})
+    return [k for k in keys if len({r["overrides"].get(k) for r in runs}) > 1]
+
+
+def _fmt(values: list[float]) -> str:
+    if not values:
+        return "-"
+    mean = statistics.fmean(values)
+    return f"{mean:.4g}" if len(values) == 1 else f"{mean:.4g} ± {statistics.stdev(values):.2g}"
+
+
+def build_tables(runs: list[dict], seed_key: str = "seed"):
+    """(csv rows, markdown text, grouped {label: {metric: [values]}})."""
+    keys = varied_keys(runs)
+    metrics = sorted({m for r in runs for m in r["metrics"] if "@" in m or m.startswith("eval/")})
+    rows = [{"run": r["dir"], **{k: r["overrides"].get(k, "") for k in keys},
+             **{m: r["metrics"].get(m, "") for m in metrics}} for r in runs]
+    group_keys = [k for k in keys if k != seed_key]
+    groups: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in runs:
+        label = ", ".join(f"{k}={r['overrides'].get(k, '')}" for k in group_keys) or "all"
+        for m in metrics:
+            v = r["metrics"].get(m)
+            if isinstance(v, (int, float)) and math.isfinite(v):
+                groups[label][m].append(float(v))
+    best = {}
+    for m in metrics:
+        means = {g: statistics.fmean(v[m]) for g, v in groups.items() if v.get(m)}
+        if means and len(set(means.values())) > 1:  # no winner among ties
+            best[m] = (min if better_low(m) else max)(means, key=means.get)
+    n_seeds = {g: max((len(v) for v in vals.values()), default=0) for g, vals in groups.items()}
+    header = ["setting", "runs", *metrics]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for g, vals in groups.items():
+        cells = [f"**{_fmt(vals.get(m, []))}**" if best.get(m) == g else _fmt(vals.get(m, [])) for m in metrics]
+        lines.append(f"| {g} | {n_seeds[g]} | " + " | ".join(cells) + " |")
+    note = ("\n\nmean ± std over runs (seeds) of each setting; **bold**: best mean per metric "
+            f"(lower is better for {', '.join(LOWER_IS_BETTER)}).")
+    return rows, "\n".join(lines) + note, groups
+
+
+def plot_vs_steps(groups, out_dir: Path) -> list[Path]:
+    """One PNG per metric family ``eval/<m>@K``: mean over seeds against K, one line per setting."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    families = defaultdict(set)
+    for vals in groups.values():
+        for m in vals:
+            match = re.fullmatch(r"(eval/[^@]+)@(\d+)", m)
+            if match:
+                families[match.group(1)].add(int(match.group(2)))
+    paths = []
+    for fam, steps in sorted(families.items()):
+        steps = sorted(steps)
+        fig, ax = plt.subplots(figsize=(5, 3.5), dpi=110)
+        for label, vals in groups.items():
+            ys = [statistics.fmean(vals[f"{fam}@{k}"]) if vals.get(f"{fam}@{k}") else float("nan") for k in steps]
+            ax.plot(steps, ys, marker="o", label=label)
+        ax.set_xlabel("sampling steps")
+        ax.set_ylabel(fam)
+        ax.set_xticks(steps)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = out_dir / f"ablation_{fam.replace('/', '_')}.png"
+        fig.savefig(path)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tdd_lab.report", description=__doc__.splitlines()[0])
+    p.add_argument("sweep_dir", type=Path)
+    p.add_argument("--seed-key", default="seed", help="override that enumerates repetitions (averaged)")
+    args = p.parse_args(argv)
+    if not args.sweep_dir.is_dir():
+        print(f"error: {args.sweep_dir} is not a directory", file=sys.stderr)
+        return 2
+    runs = load_runs(args.sweep_dir)
+    if not runs:
+        print(f"error: no run with a metrics.json below {args.sweep_dir}", file=sys.stderr)
+        return 2
+    rows, markdown, groups = build_tables(runs, args.seed_key)
+    with open(args.sweep_dir / "ablation.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    plots = plot_vs_steps(groups, args.sweep_dir)
+    (args.sweep_dir / "ablation.md").write_text(
+        f"# Ablation: {args.sweep_dir.name}\n\n{markdown}\n\n" + "".join(f"![]({p.name})\n" for p in plots))
+    print(markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
