@@ -97,7 +97,9 @@ class Evaluator:
         describe = getattr(teacher, "describe", lambda: {"class": type(teacher).__name__})
         key = config_key({"teacher": describe(), "sampler": sampler.describe(), "n_ddim": num_ddim_timesteps,
                           "metrics": self.metrics.describe(), "steps": self.steps, "n": self.num_samples,
-                          "seed": self.seed, "w": self.teacher_w, "teacher_steps": self.teacher_steps, "v": 2})
+                          "seed": self.seed, "w": self.teacher_w, "teacher_steps": self.teacher_steps,
+                          # the re-noising stream of stochastic samplers depends on batching and device
+                          "batch_size": self.batch_size, "device": torch.device(device).type, "v": 2})
         cache = Path(self.cache_dir or default_cache_dir()) / "teacher-metrics" / f"{key}.json"
         noise, labels = self.inputs(teacher)
         eps_fn = lambda x, t, c, tc: teacher.denoise(x, t, c)[1]  # noqa: E731

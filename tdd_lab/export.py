@@ -50,7 +50,7 @@ def export_student(directory: str | Path, net: torch.nn.Module, teacher, num_ddi
     tmp = Path(tempfile.mkdtemp(prefix=".student-", dir=directory.parent))
     try:
         teacher.save_student(net, tmp)
-        TDDScheduler(**{k: v for k, v in teacher.schedule.diffusers_config().items()},
+        TDDScheduler(**{**teacher.schedule.diffusers_config(), "prediction_type": teacher.prediction_type},
                      tdd_train_step=num_ddim_timesteps).save_pretrained(tmp / "scheduler")
         meta = {
             "teacher_class": f"{type(teacher).__module__}.{type(teacher).__qualname__}",

@@ -78,6 +78,9 @@ class DistillationModule(pl.LightningModule):
 
     def setup(self, stage: str) -> None:
         self.teacher.to(self.device)
+        # once on the device, so the strategies' per-grid caches hit every step (no rebuild, no sync)
+        self.solver.grid = self.solver.grid.to(self.device)
+        self.solver.grid_prev = self.solver.grid_prev.to(self.device)
         self.apply_fast_paths()
 
     def apply_fast_paths(self) -> None:
@@ -156,8 +159,9 @@ class DistillationModule(pl.LightningModule):
         if "grad_2.0_norm_total" in norms:
             self.log("train/grad_norm", norms["grad_2.0_norm_total"])
 
-    def on_before_zero_grad(self, optimizer) -> None:
-        # right after each optimizer step, before callbacks' on_train_batch_end (checkpoints see the update)
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # right after the optimizer step, before callbacks' on_train_batch_end (checkpoints see the update)
         self.target.update(self.student)
 
     def configure_optimizers(self):

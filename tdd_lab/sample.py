@@ -7,6 +7,7 @@ RUN_DIR is a training run directory or its ``student/`` export. Digits students 
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 from pathlib import Path
 
@@ -24,14 +25,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--prompt-file", type=Path, help="one prompt per line")
     p.add_argument("--labels", type=int, nargs="+", help="class labels; gmm2d students")
     p.add_argument("--num-per-prompt", type=int, default=1)
-    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the export's first recommended)")
-    p.add_argument("--sampler", choices=sorted(SAMPLERS), default="tdd")
+    p.add_argument("--steps", type=int, default=None,
+                   help="sampling steps (default: 4 if the export recommends it, else its first recommended)")
+    p.add_argument("--sampler", choices=sorted(SAMPLERS), default=None,
+                   help="default: the sampler the student was evaluated with (recorded in the export)")
     p.add_argument("--eta", type=float, default=None, help="stochasticity for tdd/tcd/ddim (default: sampler's)")
     p.add_argument("--guidance-scale", type=float, default=None, help="CFG on the student (1 = off)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("samples.png"))
     p.add_argument("--device", default="cpu")
     return p.parse_args(argv)
+
+
+def build_sampler(name: str | None, eta: float | None, recorded: dict):
+    """The named sampler, or the recorded one with its settings; ``eta`` overrides where it exists."""
+    if name is None:
+        by_class = {cls.__name__: cls for cls in SAMPLERS.values()}
+        cls = by_class.get(recorded.get("class"), SAMPLERS["tdd"])
+        kwargs = {k: v for k, v in recorded.items() if k != "class"} if cls.__name__ == recorded.get("class") else {}
+    else:
+        cls, kwargs = SAMPLERS[name], {}
+    if eta is not None:
+        if "eta" not in inspect.signature(cls).parameters:
+            raise ValueError(f"--eta does not apply to the {cls.__name__} (it has no eta)")
+        kwargs["eta"] = eta
+    return cls(**kwargs)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,9 +69,13 @@ def main(argv: list[str] | None = None) -> int:
         print("error: give --prompt/--prompt-file (digits) or --labels (gmm2d)", file=sys.stderr)
         return 2
     conds = [c for c in conds for _ in range(args.num_per_prompt)]
-    steps = args.steps or (rec.get("steps") or [4])[min(1, len(rec.get("steps") or [4]) - 1)]
-    sampler_kwargs = {} if args.eta is None else {"eta": args.eta}
-    sampler = SAMPLERS[args.sampler](**sampler_kwargs)
+    rec_steps = rec.get("steps") or [4]
+    steps = args.steps or (4 if 4 in rec_steps else rec_steps[0])
+    try:
+        sampler = build_sampler(args.sampler, args.eta, rec.get("sampler") or {})
+    except (TypeError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     scale = args.guidance_scale if args.guidance_scale is not None else float(rec.get("guidance_scale", 1.0))
     noise = fixed_noise(len(conds), student.sample_shape, args.seed).to(args.device)
     tc = None
@@ -69,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     student.save_samples(x.cpu(), conds, args.out)
     torch.save({"samples": x.cpu(), "conditions": conds, "steps": steps}, args.out.with_suffix(".pt"))
-    print(f"wrote {len(conds)} samples ({steps} steps, {args.sampler}) to {args.out}")
+    print(f"wrote {len(conds)} samples ({steps} steps, {type(sampler).__name__}) to {args.out}")
     return 0
 
 

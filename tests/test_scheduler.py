@@ -103,7 +103,7 @@ def test_clipping_applies_to_first_t_l_plus_one_steps(t_l):
         res = tdd.step(out, t, x, eta=0.0)
         clipped_steps.append(bool(res.denoised.abs().max() <= 1.0 + 1e-6))
         x = res.prev_sample
-    expected = [True] * 4 if t_l < 0 else [i <= t_l for i in range(4)]
+    expected = [i <= t_l for i in range(4)]  # the first t_l + 1 steps; t_l = -1 clips none (public scheduler)
     assert clipped_steps == expected
 
 

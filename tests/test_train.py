@@ -107,6 +107,10 @@ def test_cli_train_then_sample_round_trip(tmp_path, cache_dir):
     saved = torch.load(out.with_suffix(".pt"))
     assert saved["samples"].shape == (6, 1, 8, 8) and saved["steps"] == 4 and out.exists()
     assert torch.isfinite(saved["samples"]).all()
+    assert "TDDSampler" in res.stdout  # the sampler recorded in the export
+    res = run_cli(["-m", "tdd_lab.sample", str(run_dir), "--prompt", "x", "--sampler", "lcm", "--eta", "0.3",
+                   "--out", str(out)], ROOT, cache_dir)
+    assert res.returncode == 2 and "--eta does not apply to the LCMSampler" in res.stderr
     res = run_cli(["-m", "tdd_lab.sample", str(tmp_path / "nope")], ROOT, cache_dir)
     assert res.returncode == 2 and "student.json" in res.stderr
 

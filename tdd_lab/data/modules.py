@@ -11,10 +11,16 @@ from tdd_lab.data.sampler import ResumableRandomSampler
 
 
 def resumable_loader(module: pl.LightningDataModule, dataset, batch_size: int, seed: int, num_workers: int = 0):
-    """A shuffled, drop-last loader that continues at the trainer's global step (exact resume)."""
+    """A shuffled, drop-last loader that continues at the trainer's global step (exact resume).
+
+    It shards over ranks itself, so trainers run with ``use_distributed_sampler=False``.
+    """
     trainer = getattr(module, "trainer", None)
-    start = trainer.global_step * max(1, trainer.accumulate_grad_batches) if trainer is not None else 0
-    sampler = ResumableRandomSampler(len(dataset), batch_size, seed, start)
+    start, rank, world = 0, 0, 1
+    if trainer is not None:
+        start = trainer.global_step * max(1, trainer.accumulate_grad_batches)
+        rank, world = trainer.global_rank, trainer.world_size
+    sampler = ResumableRandomSampler(len(dataset), batch_size, seed, start, rank, world)
     # its own generator: creating an iterator must not draw from the global RNG (restored on resume)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True, num_workers=num_workers,
                       persistent_workers=num_workers > 0, generator=torch.Generator().manual_seed(seed + start))

@@ -23,7 +23,7 @@ class TDDSampler(Sampler):
         timestep_schedule: str = "equidistant",  # or "nonequidistant" (dense at high noise)
         special_jump: bool = False,              # published tables for N = 250, K = 5, 6, 7
         thresholding: bool = False,              # dynamic x0 clipping ...
-        t_l: int = -1,                           # ... on steps 0..t_l (negative: all steps)
+        t_l: int = -1,                           # ... on steps 0..t_l (-1: none)
     ):
         self.eta = _check_eta(eta)
         check_choice("sampler.timestep_schedule", timestep_schedule, ("equidistant", "nonequidistant"))

@@ -53,7 +53,7 @@ class TDDScheduler(SchedulerMixin, ConfigMixin):
     """Target-Driven Distillation sampler.
 
     Step i at t_i: x0_hat from the model output; optional dynamic thresholding of x0_hat for the
-    first ``t_l + 1`` steps; DDIM jump to s = floor((1 - eta) t_{i+1}) (to x0 itself after the
+    first ``t_l + 1`` steps (``thresholding=True`` and ``t_l >= 0``); DDIM jump to s = floor((1 - eta) t_{i+1}) (to x0 itself after the
     last step); if eta > 0 and not last, re-noise s -> t_{i+1}:
     x = sqrt(abar_t/abar_s) x + sqrt(1 - abar_t/abar_s) z. With eta = 0 this is DDIM.
 
@@ -71,7 +71,8 @@ class TDDScheduler(SchedulerMixin, ConfigMixin):
             (`num_ddim_timesteps` of training).
         special_jump (`bool`, defaults to `False`): use the published non-equidistant tables where they exist
             ((N, K) = (250, 5), (250, 6), (250, 7)); other (N, K) stay equidistant, as in the public scheduler.
-        t_l (`int`, defaults to -1): thresholding applies to steps 0..t_l only; a negative value means every step.
+        t_l (`int`, defaults to -1): thresholding applies to the first t_l + 1 steps (0..t_l) only, as the
+            public scheduler; the default -1 clips no step, so set t_l >= 0 together with `thresholding`.
         timestep_schedule (`str`, defaults to `"equidistant"`): `"nonequidistant"` generates the dense-at-high-noise
             schedule by rule for any N and K (see `tdd_lab.timesteps.nonequidistant_schedule`).
     """
@@ -202,7 +203,7 @@ class TDDScheduler(SchedulerMixin, ConfigMixin):
         t = int(self.timesteps[i])
         a_t, s_t = abar[t].sqrt(), (1 - abar[t]).sqrt()
         x0, eps = to_x0_eps(model_output, sample, a_t, s_t, self.config.prediction_type)
-        if self.config.thresholding and (self.config.t_l < 0 or i <= self.config.t_l):
+        if self.config.thresholding and i <= self.config.t_l:  # the first t_l + 1 steps (t_l = -1: none)
             x0 = dynamic_threshold(x0, self.config.dynamic_thresholding_ratio, self.config.sample_max_value)
             eps = (sample - a_t * x0) / s_t  # keep (x0, eps) consistent with x_t
 
