@@ -138,3 +138,13 @@ def test_wandb_api_key_never_written(tmp_path, cache_dir, monkeypatch):
     for path in tmp_path.rglob("*"):
         if path.is_file():
             assert secret.encode() not in path.read_bytes(), path
+
+
+def test_lcm_baseline_on_digits_unet(tmp_path, cache_dir):
+    """lcm_w adds a zero-initialised w-embedding to the UNet student (time_cond_proj_dim) and trains."""
+    cfg = compose_cfg(fast_overrides("tdd_digits") + ["strategy=lcm", "guidance=lcm_w", "sampler=lcm"],
+                      tmp_path, cache_dir)
+    metrics = train(cfg)
+    assert 0.0 <= metrics["eval/class_acc@4"] <= 1.0 and metrics["eval/fid@4"] > 0
+    meta = json.loads((tmp_path / "student" / "student.json").read_text())
+    assert meta["time_cond_dim"] == 256 and meta["recommended"]["sampler"]["class"] == "LCMSampler"
