@@ -69,9 +69,10 @@ class Evaluator:
                                       n_ddim, guidance_scale, tc, gen).cpu())
         return torch.cat(out)
 
-    def _score(self, prefix: str, samples, labels, noise, teacher) -> dict[str, float]:
-        return {f"{prefix}{name}": v for name, v in self.metrics.compute(samples, labels, noise, teacher,
-                                                                          self.teacher_w).items()}
+    def _score(self, prefix: str, k: int, samples, labels, noise, teacher) -> dict[str, float]:
+        """Metrics of one sample set, named ``<prefix>/<metric>@<k>``."""
+        scores = self.metrics.compute(samples, labels, noise, teacher, self.teacher_w)
+        return {f"{prefix}/{name}@{k}": v for name, v in scores.items()}
 
     @torch.no_grad()
     def evaluate_student(self, eps_fn: Callable, teacher: Teacher, guidance: Guidance, sampler: Sampler,
@@ -84,9 +85,9 @@ class Evaluator:
         for k in tqdm(self.steps, desc="evaluating student", disable=not self.progress):
             x = self._generate(eps_fn, teacher, sampler, k, num_ddim_timesteps, scale, noise, labels, tc_fn, device)
             samples[k] = x
-            for name, v in self.metrics.compute(x, labels, noise, teacher, self.teacher_w).items():
-                results[f"eval/{name}@{k}"] = v
-            log.info("student %d steps: %s", k, {n: round(v, 4) for n, v in results.items() if n.endswith(f"@{k}")})
+            scores = self._score("eval", k, x, labels, noise, teacher)
+            results.update(scores)
+            log.info("student %d steps: %s", k, {n: round(v, 4) for n, v in scores.items()})
         return results, samples
 
     @torch.no_grad()
@@ -113,8 +114,7 @@ class Evaluator:
         for k, smp in tqdm(runs, desc="evaluating teacher (cached afterwards)", disable=not self.progress):
             x = self._generate(eps_fn, teacher, smp, k, num_ddim_timesteps, cfg, noise, labels, None, device)
             samples[k] = x
-            for name, v in self.metrics.compute(x, labels, noise, teacher, self.teacher_w).items():
-                results[f"teacher/{name}@{k}"] = v
+            results.update(self._score("teacher", k, x, labels, noise, teacher))
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = sample_file.with_name(f".{sample_file.name}.tmp")
         save_file({str(k): v.contiguous() for k, v in samples.items()}, str(tmp))

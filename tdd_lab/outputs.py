@@ -9,7 +9,7 @@ import torch
 
 
 def save_sample_grids(directory: Path, teacher, evaluator, student: dict[int, torch.Tensor],
-                      teacher_samples: dict[int, torch.Tensor], n: int = 40) -> dict[str, Path]:
+                      teacher_samples: dict[int, torch.Tensor]) -> dict[str, Path]:
     """PNG per step count (digits: image grids; gmm2d: scatter plots); returns {name: path}."""
     directory.mkdir(parents=True, exist_ok=True)
     _, labels = evaluator.inputs(teacher)
@@ -17,7 +17,7 @@ def save_sample_grids(directory: Path, teacher, evaluator, student: dict[int, to
     for prefix, samples in (("student", student), ("teacher", teacher_samples)):
         for k, x in samples.items():
             path = directory / f"{prefix}_{k}steps.png"
-            teacher.save_samples(x[:n] if x.ndim > 2 else x, labels[: min(len(x), n) if x.ndim > 2 else len(x)], path)
+            teacher.save_samples(x, labels[: len(x)], path)
             paths[f"samples/{prefix}@{k}"] = path
     return paths
 
@@ -34,15 +34,20 @@ def log_results(loggers, metrics: dict[str, float], images: dict[str, Path], ste
             lg.experiment.summary.update(metrics)
 
 
+def _metric_names(metrics) -> list[str]:
+    """``eval/fid@4``, ``teacher/fid@50`` -> ``fid``: the metric names present, sorted."""
+    return sorted({re.sub(r"^(eval|teacher)/|@\d+$", "", k) for k in metrics if "@" in k})
+
+
 def _table_rows(metrics, steps):
-    names = sorted({re.sub(r"^(eval|teacher)/|@\d+$", "", k) for k in metrics if "@" in k})
+    names = _metric_names(metrics)
     cols = [f"{who}/{m}" for m in names for who in ("eval", "teacher")]
     return [[k, *[metrics.get(f"{c}@{k}") for c in cols]] for k in steps], cols
 
 
 def print_table(metrics: dict[str, float], steps, reference_steps: int = 50) -> str:
     """Markdown table: student vs teacher per metric and step count (the teacher's reference run last)."""
-    names = sorted({re.sub(r"^(eval|teacher)/|@\d+$", "", k) for k in metrics if "@" in k})
+    names = _metric_names(metrics)
     header = "| steps | " + " | ".join(f"student {m} | teacher {m}" for m in names) + " |"
     lines = [header, "|" + "---|" * (1 + 2 * len(names))]
     fmt = lambda v: "-" if v is None else f"{v:.4g}"  # noqa: E731

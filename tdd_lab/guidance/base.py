@@ -29,11 +29,16 @@ def map_condition(fn: Callable[..., torch.Tensor], *conds: Condition) -> Conditi
     return fn(*conds)
 
 
-def condition_batch_size(cond: Condition) -> int:
-    """Leading dim of the first tensor leaf."""
+def first_leaf(cond: Condition) -> torch.Tensor:
+    """The first tensor of a (nested) condition."""
     while isinstance(cond, (dict, list, tuple)):
         cond = next(iter(cond.values())) if isinstance(cond, dict) else cond[0]
-    return cond.shape[0]
+    return cond
+
+
+def condition_batch_size(cond: Condition) -> int:
+    """Leading dim of the first tensor leaf."""
+    return first_leaf(cond).shape[0]
 
 
 def expand_condition(cond: Condition, batch_size: int) -> Condition:
@@ -87,6 +92,4 @@ class Guidance(ABC):
 
     @staticmethod
     def _device(cond: Condition) -> torch.device:
-        while isinstance(cond, (dict, list, tuple)):
-            cond = next(iter(cond.values())) if isinstance(cond, dict) else cond[0]
-        return cond.device
+        return first_leaf(cond).device

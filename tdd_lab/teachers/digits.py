@@ -49,11 +49,12 @@ def build_text_encoder(text_dim: int = 64, max_length: int = 16):
     return CLIPTextModel(cfg).eval().requires_grad_(False)
 
 
-def save_digit_grid(samples: torch.Tensor, labels, path: Path, nrow: int = 10) -> None:
-    """Save (n, 1, 8, 8) samples in [-1, 1] as a PNG grid, upscaled 4x."""
+def save_digit_grid(samples: torch.Tensor, labels, path: Path, nrow: int = 10, max_images: int = 40) -> None:
+    """Save the first ``max_images`` of (n, 1, 8, 8) samples in [-1, 1] as a PNG grid, upscaled 4x."""
     from torchvision.utils import save_image
 
-    x = torch.nn.functional.interpolate((samples.float().clamp(-1, 1) + 1) / 2, scale_factor=4, mode="nearest")
+    x = (samples[:max_images].float().clamp(-1, 1) + 1) / 2
+    x = torch.nn.functional.interpolate(x, scale_factor=4, mode="nearest")
     save_image(x, str(path), nrow=nrow, padding=2, pad_value=0.5)
 
 
