@@ -9,7 +9,8 @@ CFG g on itself (``Guidance.student_sampling``; the run's own sampler, evaluatio
 from its ``.hydra/config.yaml``) and scored by ``tdd_lab.evaluation.Evaluator``. At g = 1 this
 reproduces the run's own ``metrics.json`` (checked, printed as ``check``). Writes
 ``OUT_NAME.csv`` (one row per run and g), ``OUT_NAME.md`` (mean ± std over seeds) and
-``OUT_NAME_<metric>.png`` (metric vs g per arm and step count) next to this script.
+``OUT_NAME_<metric>.png`` (metric vs g per arm and step count) into ``--out-dir`` (default: next to
+this script).
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def evaluate_run(run_dir: Path, scales: list[float]) -> list[dict]:
     return rows
 
 
-def summarise(rows: list[dict], out_name: str) -> str:
+def summarise(rows: list[dict], out: Path) -> str:
     metrics = sorted(k for k in rows[0] if k.startswith("eval/"))
     groups: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
@@ -83,11 +84,11 @@ def summarise(rows: list[dict], out_name: str) -> str:
         cells = [f"{statistics.fmean(v):.4g} ± {statistics.stdev(v):.2g}" if len(v) > 1 else f"{v[0]:.4g}"
                  for v in (vals[m] for m in metrics)]
         lines.append(f"| {arm} | {g:g} | {len(vals[metrics[0]])} | " + " | ".join(cells) + " |")
-    plot(groups, metrics, out_name)
+    plot(groups, metrics, out)
     return "\n".join(lines)
 
 
-def plot(groups, metrics: list[str], out_name: str) -> None:
+def plot(groups, metrics: list[str], out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -109,7 +110,7 @@ def plot(groups, metrics: list[str], out_name: str) -> None:
         ax.set_ylabel(fam)
         ax.legend(fontsize=7)
         fig.tight_layout()
-        fig.savefig(HERE / f"{out_name}_{fam.replace('/', '_')}.png")
+        fig.savefig(f"{out}_{fam.replace('/', '_')}.png")
         plt.close(fig)
 
 
@@ -119,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("arms", nargs="+", help="ARM=GLOB of run dirs")
     p.add_argument("--scales", nargs="+", type=float, default=[1.0, 1.5, 2.0, 3.0])
     p.add_argument("--where", nargs="*", default=[], help="key=value overrides a run must have")
+    p.add_argument("--out-dir", type=Path, default=HERE)
     args = p.parse_args(argv)
     where = dict(w.split("=", 1) for w in args.where)
     rows = []
@@ -130,12 +132,13 @@ def main(argv: list[str] | None = None) -> int:
         for d in dirs:
             rows += [{"arm": arm, **r} for r in evaluate_run(d, args.scales)]
     fields = list(dict.fromkeys(k for r in rows for k in r))
-    with open(HERE / f"{args.out_name}.csv", "w", newline="") as f:
+    out = args.out_dir / args.out_name
+    with open(f"{out}.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
-    table = summarise(rows, args.out_name)
-    (HERE / f"{args.out_name}.md").write_text(table + "\n")
+    table = summarise(rows, out)
+    Path(f"{out}.md").write_text(table + "\n")
     print(table)
     return 0
 
