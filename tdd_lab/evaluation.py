@@ -26,6 +26,23 @@ from tdd_lab.utils.cache import atomic_write_json, config_key, default_cache_dir
 log = logging.getLogger(__name__)
 
 
+def build_evaluator(metrics_cfg) -> Evaluator:
+    """Instantiate ``cfg.metrics``; a missing file (weights, reference, prompts) raises its own FileNotFoundError,
+    not Hydra's wrapper, so the entry points report it as ``error: ...`` before any compute."""
+    import hydra
+    from hydra.errors import InstantiationException
+
+    try:
+        return hydra.utils.instantiate(metrics_cfg)
+    except InstantiationException as e:
+        cause = e
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
+        if isinstance(cause, FileNotFoundError):
+            raise cause from None
+        raise
+
+
 def fixed_noise(n: int, shape: Sequence[int], seed: int) -> torch.Tensor:
     """(n, *shape) noise; row i depends only on ``seed + i``."""
     return torch.stack([torch.randn(tuple(shape), generator=torch.Generator().manual_seed(seed + i)) for i in range(n)])
@@ -74,11 +91,42 @@ class Evaluator:
         scores = self.metrics.compute(samples, labels, noise, teacher, self.teacher_w)
         return {f"{prefix}/{name}@{k}": v for name, v in scores.items()}
 
+    def _cache_key(self, teacher: Teacher, sampler_desc, num_ddim_timesteps: int, device, **extra) -> str:
+        describe = getattr(teacher, "describe", lambda: {"class": type(teacher).__name__})
+        return config_key({"teacher": describe(), "sampler": sampler_desc, "n_ddim": num_ddim_timesteps,
+                           "n": self.num_samples, "seed": self.seed, "w": self.teacher_w,
+                           "batch_size": self.batch_size, "device": torch.device(device).type, **extra})
+
+    @torch.no_grad()
+    def teacher_reference(self, teacher: Teacher, num_ddim_timesteps: int, device="cpu") -> torch.Tensor:
+        """The teacher's own samples (n, ...): ``teacher_steps`` DDIM steps with CFG ``teacher_w + 1`` from the
+        evaluation noise and labels; the reference of ``fid_teacher`` (distillation fidelity). Cached."""
+        key = self._cache_key(teacher, teacher.reference_sampler().describe(), num_ddim_timesteps, device,
+                              steps=self.teacher_steps, v=1)
+        file = Path(self.cache_dir or default_cache_dir()) / "teacher-reference" / f"{key}.safetensors"
+        if file.exists():
+            return load_file(str(file))["samples"]
+        noise, labels = self.inputs(teacher)
+        eps_fn = lambda x, t, c, tc: teacher.denoise(x, t, c)  # noqa: E731  (x0, eps): flow samplers need both
+        x = self._generate(eps_fn, teacher, teacher.reference_sampler(), self.teacher_steps, num_ddim_timesteps,
+                           self.teacher_w + 1.0, noise, labels, None, device)
+        file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = file.with_name(f".{file.name}.tmp")
+        save_file({"samples": x.contiguous()}, str(tmp))
+        tmp.replace(file)
+        return x
+
+    def _prepare_metrics(self, teacher: Teacher, num_ddim_timesteps: int, device) -> None:
+        """Hand metrics that compare against the teacher (``needs_teacher_samples``) its reference samples."""
+        if getattr(self.metrics, "needs_teacher_samples", False):
+            self.metrics.set_teacher_samples(self.teacher_reference(teacher, num_ddim_timesteps, device), teacher)
+
     @torch.no_grad()
     def evaluate_student(self, eps_fn: Callable, teacher: Teacher, guidance: Guidance, sampler: Sampler,
                          num_ddim_timesteps: int, device="cpu") -> tuple[dict[str, float], dict[int, torch.Tensor]]:
         """Metrics ``eval/<m>@K`` of the student and its samples per K."""
         sampler = sampler.deterministic() if self.metrics.deterministic else sampler
+        self._prepare_metrics(teacher, num_ddim_timesteps, device)
         noise, labels = self.inputs(teacher)
         scale, tc_fn = guidance.student_sampling(self.teacher_w, self.guidance_scale)
         results, samples = {}, {}
@@ -103,16 +151,20 @@ class Evaluator:
                           "batch_size": self.batch_size, "device": torch.device(device).type, "v": 2})
         cache = Path(self.cache_dir or default_cache_dir()) / "teacher-metrics" / f"{key}.json"
         noise, labels = self.inputs(teacher)
-        eps_fn = lambda x, t, c, tc: teacher.denoise(x, t, c)[1]  # noqa: E731
+        eps_fn = lambda x, t, c, tc: teacher.denoise(x, t, c)  # noqa: E731  (x0, eps): flow samplers need both
         cfg = self.teacher_w + 1.0  # "w + 1" form -> standard CFG scale
         sample_file = cache.with_suffix(".safetensors")
         if cache.exists() and sample_file.exists():
             loaded = load_file(str(sample_file))
             return json.loads(cache.read_text()), {int(k): v for k, v in loaded.items()}
-        runs = [(k, sampler) for k in self.steps] + [(self.teacher_steps, DDIMSampler(eta=0.0))]
+        self._prepare_metrics(teacher, num_ddim_timesteps, device)
+        runs = [(k, sampler) for k in self.steps] + [(self.teacher_steps, None)]
         results, samples = {}, {}
         for k, smp in tqdm(runs, desc="evaluating teacher (cached afterwards)", disable=not self.progress):
-            x = self._generate(eps_fn, teacher, smp, k, num_ddim_timesteps, cfg, noise, labels, None, device)
+            if smp is None:  # the DDIM reference run, shared with teacher_reference (same noise, sampler and CFG)
+                x = self.teacher_reference(teacher, num_ddim_timesteps, device)
+            else:
+                x = self._generate(eps_fn, teacher, smp, k, num_ddim_timesteps, cfg, noise, labels, None, device)
             samples[k] = x
             results.update(self._score("teacher", k, x, labels, noise, teacher))
         cache.parent.mkdir(parents=True, exist_ok=True)

@@ -57,3 +57,78 @@ def print_table(metrics: dict[str, float], steps, reference_steps: int = 50) -> 
     text = "\n".join(lines)
     print(text)
     return text
+
+
+# ---- loggers: one W&B group per sweep, ablation axes as tags and config fields ----------------------
+ABLATION_GROUPS = ("experiment", "teacher", "strategy", "guidance", "sampler", "solver", "loss", "student", "target",
+                   "metrics")
+
+
+def wandb_group(task_name: str, multirun: bool, sweep_dir: str | None, output_dir: str | None) -> str:
+    """The W&B group of a run: a multirun's jobs share the sweep dir's name; a single run is grouped under its
+    run dir's name (the evaluations ``tdd_lab.evaluate`` logs later join it)."""
+    if multirun and sweep_dir:
+        return Path(str(sweep_dir)).name
+    return Path(str(output_dir)).name if output_dir else str(task_name)
+
+
+def run_identity(cfg) -> dict:
+    """{"group", "tags", "choices", "classes", "overrides"} of the current Hydra job (config only if no Hydra)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    choices, overrides, multirun, sweep_dir = {}, {}, False, None
+    output_dir = OmegaConf.select(cfg, "paths.output_dir", default=None, throw_on_resolution_failure=False)
+    if HydraConfig.initialized():
+        hc = HydraConfig.get()
+        choices = {g: str(hc.runtime.choices[g]) for g in ABLATION_GROUPS if hc.runtime.choices.get(g) is not None}
+        multirun = hc.mode == RunMode.MULTIRUN
+        sweep_dir = OmegaConf.select(hc, "sweep.dir", default=None, throw_on_resolution_failure=False)
+        for item in hc.overrides.task:
+            key, _, value = str(item).lstrip("+~").partition("=")
+            if not key.startswith(("hydra", "debug", "logger", "paths")):
+                overrides[key] = value
+    classes = {g: str(cfg[g]["_target_"]).rsplit(".", 1)[-1] for g in ABLATION_GROUPS
+               if OmegaConf.is_dict(cfg.get(g)) and "_target_" in cfg[g]}
+    tags = [f"{g}:{c}" for g, c in choices.items()] + [f"{k}={v}" for k, v in overrides.items()]
+    tags += [c for c in classes.values()]
+    group = wandb_group(cfg.get("task_name", "train"), multirun, sweep_dir, output_dir)
+    return {"group": group, "tags": [t[:64] for t in dict.fromkeys(tags)], "choices": choices, "classes": classes,
+            "overrides": overrides}
+
+
+def _finish_wandb() -> None:
+    import sys
+
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        wandb.finish()
+
+
+def make_loggers(cfg) -> list:
+    """Instantiate ``cfg.logger``; the W&B logger gets the sweep's group (unless set) and the ablation axes as tags
+    (``strategy:tdd``, ``seed=1``, class names) and config fields (``ablation``)."""
+    import hydra
+
+    loggers = []
+    for spec in (cfg.get("logger") or {}).values():
+        if not str(spec.get("_target_", "")).endswith("WandbLogger"):
+            loggers.append(hydra.utils.instantiate(spec))
+            continue
+        _finish_wandb()  # a previous job of this process (basic-launcher multirun) must not be reused
+        ident = run_identity(cfg)
+        tags = list(dict.fromkeys([*(spec.get("tags") or []), *ident["tags"]]))
+        lg = hydra.utils.instantiate(spec, group=spec.get("group") or ident["group"], tags=tags)
+        lg.log_hyperparams({"ablation": {**ident["choices"], **ident["overrides"]}, "classes": ident["classes"],
+                            "wandb_group": spec.get("group") or ident["group"]})
+        loggers.append(lg)
+    return loggers
+
+
+def finish_loggers(loggers, status: str = "success") -> None:
+    """Finalize every logger and close the W&B run, so the next job of a multirun starts its own."""
+    for lg in loggers:
+        lg.finalize(status)
+        if type(lg).__name__ == "WandbLogger":
+            lg.experiment.finish()
