@@ -18,7 +18,6 @@ import torch
 from hydra.utils import get_class
 
 from tdd_lab.prediction import to_x0_eps
-from tdd_lab.schedulers import TDDScheduler
 from tdd_lab.schedules import VPSchedule
 
 
@@ -43,15 +42,16 @@ class ExportedStudent:
         return to_x0_eps(raw, x_t, a, s, self.prediction_type)[1]
 
 
-def export_student(directory: str | Path, net: torch.nn.Module, teacher, num_ddim_timesteps: int,
-                   time_cond_dim: int | None, recommended: dict[str, Any]) -> Path:
+def export_student(directory: str | Path, student: torch.nn.Module, factory, teacher, num_ddim_timesteps: int,
+                   time_cond_dim: int | None, recommended: dict[str, Any], kohya: bool = False,
+                   fused: bool = False) -> Path:
     """Write the student export atomically (temporary folder, then rename)."""
     directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".student-", dir=directory.parent))
     try:
-        teacher.save_student(net, tmp)
-        TDDScheduler(**{**teacher.schedule.diffusers_config(), "prediction_type": teacher.prediction_type},
-                     tdd_train_step=num_ddim_timesteps).save_pretrained(tmp / "scheduler")
+        teacher.export(student, factory, tmp, kohya=kohya, fused=fused)
+        teacher.sampling_scheduler(num_ddim_timesteps).save_pretrained(tmp / "scheduler")
         meta = {
             "teacher_class": f"{type(teacher).__module__}.{type(teacher).__qualname__}",
             "prediction_type": teacher.prediction_type,
@@ -62,6 +62,9 @@ def export_student(directory: str | Path, net: torch.nn.Module, teacher, num_ddi
             "recommended": recommended,
         }
         (tmp / "student.json").write_text(json.dumps(meta, indent=2, default=str))
+        card = getattr(teacher, "model_card", None)
+        if card is not None:
+            (tmp / "README.md").write_text(card(meta))
         if directory.exists():
             shutil.rmtree(directory)
         tmp.rename(directory)
@@ -81,6 +84,10 @@ def load_student(directory: str | Path, device: str = "cpu") -> ExportedStudent:
         raise FileNotFoundError(f"{meta_path} not found: pass a run directory or its student/ export")
     meta = json.loads(meta_path.read_text())
     cls = get_class(meta["teacher_class"])
+    if hasattr(cls, "pipeline_class"):  # a stock-pipeline student (SD1.5 / SDXL / FLUX)
+        from tdd_lab.teachers.pipelines import PipelineStudent
+
+        return PipelineStudent.load(directory, meta, device)
     parts = cls.load_student(directory, meta, device)
     sched = VPSchedule(**{k: v for k, v in meta["schedule"].items() if k != "prediction_type"})
     return ExportedStudent(schedule=sched, prediction_type=meta["prediction_type"],

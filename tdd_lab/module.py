@@ -57,7 +57,8 @@ class DistillationModule(pl.LightningModule):
         self.teacher, self.solver, self.strategy = teacher, solver, strategy
         self.guidance, self.loss_fn = guidance, loss
         self.student_factory = student
-        init = teacher.student_network()
+        # a w-embedding input changes the network's architecture, so it cannot share the teacher's weights
+        init = teacher.student_network(share_weights=student.shares_base and not guidance.embedding_dim)
         if guidance.embedding_dim:  # LCM-style w-embedding input, zero-initialised
             init = init.with_time_cond(guidance.embedding_dim)
         self.student = student.build(init)
@@ -87,7 +88,9 @@ class DistillationModule(pl.LightningModule):
         """channels_last and torch.compile on the student and on the teacher's network (if it has one)."""
         if self._fast_paths_applied:
             return
-        nets = [self.student] + [n for n in [getattr(self.teacher, "net", None)] if isinstance(n, torch.nn.Module)]
+        teacher_net = getattr(self.teacher, "net", None)
+        nets = [self.student] + ([teacher_net] if isinstance(teacher_net, torch.nn.Module)
+                                 and teacher_net is not self.student else [])
         for net in nets:
             if self.channels_last:
                 net.to(memory_format=torch.channels_last)
@@ -112,15 +115,19 @@ class DistillationModule(pl.LightningModule):
         return to_x0_eps(raw, x_t, a, s, self.teacher.prediction_type)
 
     def student_eps(self, x_t, t, cond, timestep_cond=None):
-        """Epsilon of the student (for the samplers)."""
+        """Epsilon of the student."""
         return self.student_predict(self.student, x_t, t, cond, timestep_cond)[1]
+
+    def student_denoise(self, x_t, t, cond, timestep_cond=None):
+        """(x0_hat, eps_hat) of the student: the model function of the samplers (flow samplers need x0)."""
+        return self.student_predict(self.student, x_t, t, cond, timestep_cond)
 
     # -- training ----------------------------------------------------------------------------------
     def distillation_loss(self, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The consistency-distillation loss of one batch and health statistics (no logging, no host syncs)."""
         x0, cond = self.teacher.prepare_batch(batch)
         b, dev = x0.shape[0], x0.device
-        g = self.guidance.prepare(cond, self.teacher.null_condition(dev))
+        g = self.guidance.prepare(cond, self.teacher.null_like(cond))
         t, t_prev = self.solver.sample_start(b, device=dev)                       # (B,), (B,)
         s = self.strategy.sample(t_prev, self.solver.grid.to(dev))               # (B,)
         noise = torch.randn_like(x0)
@@ -130,10 +137,13 @@ class DistillationModule(pl.LightningModule):
         pred = self.strategy.consistency(x_t, t, s, x0_s, eps_s, self.schedule)
 
         with torch.no_grad():
-            x0_tc, eps_tc = self.teacher.denoise(                                # one 2B forward
-                torch.cat([x_t, x_t]), torch.cat([t, t]), concat_conditions(g.cond, g.uncond))
-            (x0_c, x0_u), (eps_c, eps_u) = x0_tc.chunk(2), eps_tc.chunk(2)
-            x0_w, eps_w = cfg_combine(x0_c, x0_u, g.w), cfg_combine(eps_c, eps_u, g.w)
+            if self.guidance.needs_uncond:
+                x0_tc, eps_tc = self.teacher.denoise(                            # one 2B forward
+                    torch.cat([x_t, x_t]), torch.cat([t, t]), concat_conditions(g.cond, g.uncond))
+                (x0_c, x0_u), (eps_c, eps_u) = x0_tc.chunk(2), eps_tc.chunk(2)
+                x0_w, eps_w = cfg_combine(x0_c, x0_u, g.w), cfg_combine(eps_c, eps_u, g.w)
+            else:                                                                # w = 0: the conditional branch only
+                x0_w, eps_w = self.teacher.denoise(x_t, t, g.cond)
             x_prev = self.solver.step(x_t, t, t_prev, x0_w.to(x_t.dtype), eps_w.to(x_t.dtype))
             x0_tg, eps_tg = self.student_predict(self.target, x_prev, t_prev, g.cond, g.w_embedding)
             target = self.strategy.consistency(x_prev, t_prev, s, x0_tg, eps_tg, self.schedule)
@@ -141,9 +151,15 @@ class DistillationModule(pl.LightningModule):
         loss = self.loss_fn(pred, target)
         stats = {"train/target_t_mean": s.float().mean(), "train/t_mean": t.float().mean(),
                  "train/dropped_frac": g.dropped.float().mean()}
+        if "skipped" in batch:  # unreadable samples dropped by the collate
+            stats["data/skipped"] = torch.as_tensor(float(batch["skipped"]), device=dev)
         return loss, stats
 
     def training_step(self, batch, batch_idx):
+        if set(batch) <= {"skipped"}:  # every sample of the batch was unreadable: skip the step
+            log.warning("step %d: all %d samples of the batch were unreadable; batch skipped",
+                        self.global_step, batch.get("skipped", 0))
+            return None
         loss, stats = self.distillation_loss(batch)
         if self.check_finite and not torch.isfinite(loss):  # one host sync; stops before backward/step
             raise NonFiniteLossError(
@@ -173,3 +189,22 @@ class DistillationModule(pl.LightningModule):
     def export_network(self) -> torch.nn.Module:
         """The student as a plain network (LoRA merged) for export."""
         return self.student_factory.export_network(self.student)
+
+    # -- checkpoints: frozen weights are not written ----------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep only trainable student weights and the target's state (an SDXL LoRA checkpoint is MBs, not GBs).
+
+        The frozen base weights come back from ``teacher.pretrained`` when the module is rebuilt.
+        """
+        frozen = {f"student.{n}" for n, p in self.student.named_parameters() if not p.requires_grad}
+        if frozen:
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in frozen}
+            checkpoint["frozen_weights_omitted"] = len(frozen)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if checkpoint.get("frozen_weights_omitted"):
+            missing = {f"student.{n}" for n, p in self.student.named_parameters() if not p.requires_grad}
+            self.strict_loading = False
+            absent = [k for k in self.state_dict() if k not in checkpoint["state_dict"] and k not in missing]
+            if absent:
+                raise RuntimeError(f"checkpoint lacks {len(absent)} trainable weights, e.g. {absent[:3]}")

@@ -2,6 +2,8 @@
 
 RUN_DIR is a training run directory or its ``student/`` export. Digits students take prompts
 ("a handwritten digit seven"); gmm2d students take class labels. Per-sample seeds (``--seed + i``).
+Students of SD1.5 / SDXL / FLUX teachers are sampled inside the stock diffusers pipeline with the
+exported LoRA and TDD scheduler (exactly what the export's README shows a user).
 """
 
 from __future__ import annotations
@@ -60,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     rec = student.meta.get("recommended", {})
+    if hasattr(student, "pipeline"):
+        return sample_pipeline(args, student, rec)
     conds = list(args.prompt or [])
     if args.prompt_file:
         conds += [ln.strip() for ln in args.prompt_file.read_text().splitlines() if ln.strip()]
@@ -92,6 +96,30 @@ def main(argv: list[str] | None = None) -> int:
     student.save_samples(x.cpu(), conds, args.out)
     torch.save({"samples": x.cpu(), "conditions": conds, "steps": steps}, args.out.with_suffix(".pt"))
     print(f"wrote {len(conds)} samples ({steps} steps, {type(sampler).__name__}) to {args.out}")
+    return 0
+
+
+def sample_pipeline(args: argparse.Namespace, student, rec: dict) -> int:
+    """Prompts -> images with the stock pipeline; writes the PNG grid and a ``.pt`` of the images."""
+    from torchvision.utils import save_image
+
+    prompts = list(args.prompt or [])
+    if args.prompt_file:
+        prompts += [ln.strip() for ln in args.prompt_file.read_text().splitlines() if ln.strip()]
+    if not prompts:
+        print("error: give --prompt or --prompt-file", file=sys.stderr)
+        return 2
+    prompts = [p for p in prompts for _ in range(args.num_per_prompt)]
+    rec_steps = rec.get("steps") or [4]
+    steps = args.steps or (4 if 4 in rec_steps else rec_steps[0])
+    eta = args.eta if args.eta is not None else (rec.get("sampler") or {}).get("eta")
+    scale = args.guidance_scale if args.guidance_scale is not None else float(rec.get("guidance_scale", 1.0))
+    images = student.generate(prompts, steps, scale, eta, args.seed)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    save_image(images, str(args.out), nrow=min(4, len(images)), padding=2)
+    torch.save({"images": images, "prompts": prompts, "steps": steps, "eta": eta, "guidance_scale": scale},
+               args.out.with_suffix(".pt"))
+    print(f"wrote {len(prompts)} images ({steps} steps, eta {eta}, guidance {scale}) to {args.out}")
     return 0
 
 

@@ -199,4 +199,8 @@ class FlowMatchSchedule(NoiseSchedule):
         self._alphas = 1.0 - self._sigmas
 
     def model_time(self, t: torch.Tensor) -> torch.Tensor:
-        return self._sigmas.to(t.device)[t] * self.num_train_timesteps
+        return (self._sigmas.to(t.device)[t] * self.num_train_timesteps).float()
+
+    def diffusers_config(self) -> dict:
+        """What the flow samplers need to rebuild this schedule (``kind`` marks it as flow matching)."""
+        return dict(kind="flow", num_train_timesteps=self.num_train_timesteps, shift=self.shift, mu=self.mu)

@@ -13,6 +13,8 @@ from tdd_lab.utils.validation import check_int, check_range
 class StudentFactory(ABC):
     """Turns the student's initial network (from the teacher) into the trainable student."""
 
+    shares_base: bool = False  # build on the teacher's own network (frozen base + adapters), not a copy
+
     @abstractmethod
     def build(self, init_net: nn.Module) -> nn.Module:
         """Return the student network; only its trainable parameters are optimised."""
@@ -30,7 +32,11 @@ class FullStudent(StudentFactory):
 
 
 class LoRAStudent(StudentFactory):
-    """Low-rank adapters (Hu et al. 2021) via peft; base weights frozen, adapters trained."""
+    """Low-rank adapters (Hu et al. 2021) via peft; base weights frozen, adapters trained.
+
+    With ``share_base`` (default) the adapters go into the teacher's own network, which the teacher
+    then calls with adapters disabled: one UNet/transformer in memory for teacher, student and target.
+    """
 
     def __init__(
         self,
@@ -38,10 +44,12 @@ class LoRAStudent(StudentFactory):
         alpha: float = 16.0,             # lora_alpha; the update is scaled by alpha / r (stored in exports)
         target_modules: list[str] | None = None,  # module-name patterns; None = every Linear/Conv2d (1x1, 3x3)
         dropout: float = 0.0,
+        share_base: bool = True,         # adapters on the teacher's network itself (no second copy)
     ):
         check_int("student.rank", rank, 1)
         check_range("student.alpha", alpha, 0.0, low_inclusive=False)
-        self.rank, self.alpha, self.dropout = rank, alpha, dropout
+        check_range("student.dropout", dropout, 0.0, 1.0, high_inclusive=False)
+        self.rank, self.alpha, self.dropout, self.shares_base = rank, alpha, dropout, share_base
         self.target_modules = list(target_modules) if target_modules else None
 
     def _targets(self, net: nn.Module) -> list[str]:
@@ -55,12 +63,16 @@ class LoRAStudent(StudentFactory):
     def build(self, init_net):
         from peft import LoraConfig, inject_adapter_in_model
 
+        targets = self._targets(init_net)
         cfg = LoraConfig(r=self.rank, lora_alpha=self.alpha, lora_dropout=self.dropout,
-                         target_modules=self._targets(init_net), init_lora_weights=True)
+                         target_modules=targets, init_lora_weights=True)
         net = inject_adapter_in_model(cfg, init_net.requires_grad_(False))
         for name, p in net.named_parameters():
             p.requires_grad_("lora_" in name)
-        net.lora_config = {"rank": self.rank, "alpha": self.alpha}
+            if "lora_" in name:
+                p.data = p.data.float()  # adapters train in float32 even on a bf16/fp16 base
+        net.lora_config = {"rank": self.rank, "alpha": self.alpha, "dropout": self.dropout,
+                           "target_modules": targets}
         return net.train()
 
     def export_network(self, student):

@@ -18,9 +18,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from tdd_lab.data.image_folder import DataQualityError
+from tdd_lab.evaluation import build_evaluator
 from tdd_lab.export import export_student
 from tdd_lab.module import DistillationModule, NonFiniteLossError
-from tdd_lab.outputs import log_results, print_table, save_sample_grids
+from tdd_lab.outputs import finish_loggers, log_results, make_loggers, print_table, save_sample_grids
 from tdd_lab.utils.cache import atomic_write_json
 from tdd_lab.validate import ConfigError, validate_config
 
@@ -62,7 +63,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     pl.seed_everything(cfg.seed, workers=True)
     out_dir = Path(cfg.paths.output_dir)
     module, datamodule, sampler = build_module(cfg)
-    loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values()]
+    evaluator = build_evaluator(cfg.metrics)  # before training: missing metric weights/references fail first
+    loggers = make_loggers(cfg)
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
     for lg in loggers:
@@ -72,12 +74,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if not trainer.is_global_zero:
         return {}
 
-    evaluator = hydra.utils.instantiate(cfg.metrics)
     teacher, device = module.teacher, module.device
     module.eval()
     n_ddim = module.solver.num_ddim_timesteps
     student_metrics, student_samples = evaluator.evaluate_student(
-        module.student_eps, teacher, module.guidance, sampler, n_ddim, device)
+        module.student_denoise, teacher, module.guidance, sampler, n_ddim, device)
     teacher_metrics, teacher_samples = evaluator.evaluate_teacher(teacher, sampler, n_ddim, device)
     metrics = {**student_metrics, **teacher_metrics, "train/steps": float(trainer.global_step)}
     if "train/loss" in trainer.callback_metrics:
@@ -88,13 +89,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     log_results(loggers, metrics, images, evaluator.steps)
     if cfg.get("export", True):
         scale, _ = module.guidance.student_sampling(evaluator.teacher_w, evaluator.guidance_scale)
-        export_student(out_dir / "student", module.export_network(), teacher, n_ddim,
+        export_student(out_dir / "student", module.student, module.student_factory, teacher, n_ddim,
                        module.guidance.embedding_dim,
                        {"sampler": sampler.describe(), "steps": evaluator.steps, "guidance_scale": scale,
-                        "teacher_w": evaluator.teacher_w})
+                        "teacher_w": evaluator.teacher_w},
+                       kohya=bool(cfg.get("export_kohya", False)), fused=bool(cfg.get("export_fused", False)))
     print_table(metrics, evaluator.steps, evaluator.teacher_steps)
-    for lg in loggers:
-        lg.finalize("success")
+    finish_loggers(loggers, "success")
     return metrics
 
 

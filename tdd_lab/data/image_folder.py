@@ -12,6 +12,7 @@ import json
 import random
 from pathlib import Path
 
+import pytorch_lightning as pl
 import torch
 from torch.utils.data import Dataset
 
@@ -53,7 +54,6 @@ class ImageFolderDataset(Dataset):
 
     def __getitem__(self, i: int):
         from PIL import Image, UnidentifiedImageError
-        from torchvision.transforms import functional as TF
 
         path = self.files[i]
         try:
@@ -62,20 +62,31 @@ class ImageFolderDataset(Dataset):
                 im.load()
         except (OSError, UnidentifiedImageError, ValueError):
             return None
-        w, h = im.size
-        r = self.resolution
-        im = TF.resize(im, r, interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
-        rw, rh = im.size
-        if self.center_crop:
-            top, left = (rh - r) // 2, (rw - r) // 2
-        else:
-            top, left = random.randint(0, rh - r), random.randint(0, rw - r)
-        im = TF.crop(im, top, left, r, r)
-        if self.random_flip and random.random() < 0.5:
-            im = TF.hflip(im)
-        x = TF.to_tensor(im) * 2 - 1
-        return {"pixel_values": x, "prompt": self.caption(path), "original_size": torch.tensor([h, w]),
-                "crop_top_left": torch.tensor([top, left])}
+        return preprocess_image(im, self.resolution, self.center_crop, self.random_flip, self.caption(path))
+
+
+def preprocess_image(im, resolution: int, center_crop: bool = True, random_flip: bool = False, prompt: str = "") -> dict:
+    """PIL RGB image -> ``{"pixel_values" (3, R, R) in [-1, 1], "prompt", "original_size" (h, w), "crop_top_left"}``.
+
+    Resize the shorter side to R, crop R x R (center or random), optionally flip; the original size
+    and crop offset are what SDXL's micro-conditioning takes.
+    """
+    from torchvision.transforms import functional as TF
+
+    w, h = im.size
+    r = resolution
+    im = TF.resize(im, r, interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
+    rw, rh = im.size
+    if center_crop:
+        top, left = (rh - r) // 2, (rw - r) // 2
+    else:
+        top, left = random.randint(0, rh - r), random.randint(0, rw - r)
+    im = TF.crop(im, top, left, r, r)
+    if random_flip and random.random() < 0.5:
+        im = TF.hflip(im)
+    x = TF.to_tensor(im) * 2 - 1
+    return {"pixel_values": x, "prompt": prompt, "original_size": torch.tensor([h, w]),
+            "crop_top_left": torch.tensor([top, left])}
 
 
 def collate_skipping(samples: list) -> dict:
@@ -112,3 +123,36 @@ class SkippingCollate:
                 f"{self.skipped} of {self.seen} samples were unreadable ({self.skipped / self.seen:.1%}), more than "
                 f"data.max_bad_fraction={self.max_bad_fraction:g}: check the data")
         return batch
+
+
+class ImageFolderDataModule(pl.LightningDataModule):
+    """Captioned images from ``root`` for the diffusers teachers (batches of :class:`ImageFolderDataset`).
+
+    Shuffled with the resumable sampler (exact resume); unreadable images are skipped and counted
+    (``data/skipped`` in the logs) and the run stops once more than ``max_bad_fraction`` are unreadable.
+    """
+
+    def __init__(
+        self,
+        root: str,                       # folder of images (+ same-stem .txt, or captions.csv / .jsonl)
+        resolution: int = 1024,          # pixels (normally ${teacher.resolution})
+        center_crop: bool = True,        # False: random crops (their offsets go to SDXL's time_ids)
+        random_flip: bool = False,
+        batch_size: int = 4,
+        num_workers: int = 4,
+        seed: int = 0,
+        max_bad_fraction: float = 0.05,  # stop when more of the samples seen are unreadable
+        teacher=None,
+    ):
+        super().__init__()
+        self.root, self.resolution, self.center_crop, self.random_flip = root, resolution, center_crop, random_flip
+        self.batch_size, self.num_workers, self.seed, self.max_bad_fraction = batch_size, num_workers, seed, max_bad_fraction
+
+    def setup(self, stage: str | None = None) -> None:
+        self.train_set = ImageFolderDataset(self.root, self.resolution, self.center_crop, self.random_flip)
+
+    def train_dataloader(self):
+        from tdd_lab.data.modules import resumable_loader
+
+        return resumable_loader(self, self.train_set, self.batch_size, self.seed, self.num_workers,
+                                collate_fn=SkippingCollate(self.max_bad_fraction, min_seen=min(64, len(self.train_set))))

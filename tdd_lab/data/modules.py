@@ -10,7 +10,8 @@ from tdd_lab.data.digits import load_digit_tensors
 from tdd_lab.data.sampler import ResumableRandomSampler
 
 
-def resumable_loader(module: pl.LightningDataModule, dataset, batch_size: int, seed: int, num_workers: int = 0):
+def resumable_loader(module: pl.LightningDataModule, dataset, batch_size: int, seed: int, num_workers: int = 0,
+                     collate_fn=None):
     """A shuffled, drop-last loader that continues at the trainer's global step (exact resume).
 
     It shards over ranks itself, so trainers run with ``use_distributed_sampler=False``.
@@ -23,7 +24,7 @@ def resumable_loader(module: pl.LightningDataModule, dataset, batch_size: int, s
     sampler = ResumableRandomSampler(len(dataset), batch_size, seed, start, rank, world)
     # its own generator: creating an iterator must not draw from the global RNG (restored on resume)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True, num_workers=num_workers,
-                      persistent_workers=num_workers > 0, generator=torch.Generator().manual_seed(seed + start))
+                      persistent_workers=num_workers > 0, collate_fn=collate_fn, generator=torch.Generator().manual_seed(seed + start))
 
 
 class TensorPairs(Dataset):

@@ -77,6 +77,7 @@ class Guidance(ABC):
     """Decides per batch the student/teacher conditions and the teacher's CFG scale."""
 
     embedding_dim: int | None = None  # size of the student's w-embedding, None when it has none
+    needs_uncond: bool = True         # False when w = 0 always (guidance-distilled teachers): no uncond forward
 
     @abstractmethod
     def prepare(self, cond: Condition, null: Condition, generator: torch.Generator | None = None) -> GuidedBatch:

@@ -14,6 +14,7 @@ class FixedGuidance(Guidance):
     def __init__(self, w: float = 3.5):  # teacher CFG scale, x_w = x_c + w (x_c - x_u)
         check_range("w", w, 0.0)
         self.w = w
+        self.needs_uncond = w != 0  # w = 0 (e.g. FLUX-dev's embedded guidance): the teacher runs unguided
 
     def prepare(self, cond, null, generator=None):
         b, device = condition_batch_size(cond), self._device(cond)

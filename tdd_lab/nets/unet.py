@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from tdd_lab.guidance.base import map_condition
+
 
 class UNetDenoiser(nn.Module):
     """``net(x, t, cond, timestep_cond)`` with ``cond`` the text embeddings (B, L, D) or a dict of UNet kwargs."""
@@ -14,8 +16,12 @@ class UNetDenoiser(nn.Module):
         self.unet = unet
 
     def forward(self, x, t, cond, timestep_cond=None):
+        """x (B, C, H, W), t (B,), cond -> raw output (B, C, H, W) in x's dtype (inputs cast to the UNet's)."""
+        dtype = self.unet.dtype
         kwargs = cond if isinstance(cond, dict) else {"encoder_hidden_states": cond}
-        return self.unet(x, t, timestep_cond=timestep_cond, **kwargs).sample
+        kwargs = map_condition(lambda c: c.to(dtype) if c.is_floating_point() else c, kwargs)
+        tc = None if timestep_cond is None else timestep_cond.to(dtype)
+        return self.unet(x.to(dtype), t, timestep_cond=tc, **kwargs).sample.to(x.dtype)
 
     def with_time_cond(self, time_cond_dim: int) -> UNetDenoiser:
         """A copy whose UNet takes a w-embedding (``time_cond_proj_dim``), zero-initialised as in LCM."""

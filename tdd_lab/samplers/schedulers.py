@@ -95,3 +95,34 @@ class DPMppSampler(Sampler):
         return DPMSolverMultistepScheduler(**schedule_config, algorithm_type="dpmsolver++",
                                            solver_order=self.solver_order, timestep_spacing="trailing",
                                            final_sigmas_type="zero", lower_order_final=True)
+
+
+class FlowTDDSampler(Sampler):
+    """TDD sampling for flow-matching teachers (FLUX): :class:`~tdd_lab.schedulers.FlowTDDScheduler`.
+
+    Needs a model function returning (x0_hat, eps_hat); the scheduler takes the velocity eps - x0.
+    """
+
+    def __init__(self, eta: float = 0.2, timestep_schedule: str = "equidistant"):
+        self.eta = _check_eta(eta)
+        check_choice("sampler.timestep_schedule", timestep_schedule, ("equidistant", "nonequidistant"))
+        self.timestep_schedule = timestep_schedule
+
+    def make_scheduler(self, schedule_config, num_ddim_timesteps):
+        from tdd_lab.schedulers import FlowTDDScheduler
+
+        if schedule_config.get("kind") != "flow":
+            raise ValueError("sampler 'flow_tdd' needs a flow-matching teacher (FLUX); use 'tdd' for VP teachers")
+        return FlowTDDScheduler(num_train_timesteps=schedule_config["num_train_timesteps"],
+                                shift=schedule_config.get("shift", 1.0), mu=schedule_config.get("mu"),
+                                use_dynamic_shifting=schedule_config.get("mu") is not None,
+                                tdd_train_step=num_ddim_timesteps, eta=self.eta,
+                                timestep_schedule=self.timestep_schedule)
+
+    def model_output(self, x0, eps):
+        if x0 is None:
+            raise ValueError("FlowTDDSampler needs a model function that returns (x0_hat, eps_hat)")
+        return eps - x0  # velocity
+
+    def step_kwargs(self, generator):
+        return {"generator": generator}

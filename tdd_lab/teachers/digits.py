@@ -189,13 +189,9 @@ class DigitsTeacher(Teacher):
 
     @torch.no_grad()
     def denoise(self, x_t, t, cond):
-        raw = self.net(x_t, self.schedule.model_time(t), cond)
+        raw = self.teacher_forward(x_t, self.schedule.model_time(t), cond)
         a, s = self.schedule.alpha_sigma(t, x_t.ndim, x_t.dtype)
         return to_x0_eps(raw, x_t, a, s, self.prediction_type)
-
-    def student_network(self) -> torch.nn.Module:
-        """The student's initial network: a trainable copy of the teacher UNet."""
-        return copy.deepcopy(self.net).requires_grad_(True).train()
 
     def save_samples(self, samples, labels, path):
         save_digit_grid(samples, labels, path)

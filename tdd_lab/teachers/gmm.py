@@ -249,8 +249,11 @@ class GMMTeacher(Teacher):
         return {"kind": "gmm", "means": m.means.tolist(), "stds": m.stds.tolist(), "weights": m.weights.tolist(),
                 "component_class": m.component_class.tolist(), "schedule": self.schedule.diffusers_config()}
 
-    def student_network(self) -> nn.Module:
-        """An MLP fitted to the exact (conditional and null) epsilon, loaded from the cache when present."""
+    def student_network(self, share_weights: bool = False) -> nn.Module:
+        """An MLP fitted to the exact (conditional and null) epsilon, loaded from the cache when present.
+
+        The exact teacher has no network, so there are no weights to share (``share_weights`` is ignored).
+        """
         key = {**self.describe(), "net": self.net_config, "steps": self.init_steps, "seed": self.seed, "v": 1}
         path = cached_dir(self.cache_dir or default_cache_dir(), "gmm-student-init", key, self._fit_student_init)
         net = MLPDenoiser(**self.net_config)

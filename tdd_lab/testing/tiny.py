@@ -75,3 +75,118 @@ def save_tiny_sdxl(directory: str | Path, seed: int = 0) -> Path:
     pipe = StableDiffusionXLPipeline(**tiny_sdxl_components(seed, directory / "_tokenizer_src"))
     pipe.save_pretrained(directory)
     return directory
+
+
+def tiny_sd15_components(seed: int = 0, tokenizer_dir: str | Path | None = None,
+                         prediction_type: str = "epsilon") -> dict:
+    """Components of a tiny SD1.5-architecture pipeline (one CLIP text encoder, cross-attention dim 32)."""
+    import tempfile
+
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=16, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=4, norm_num_groups=8,
+    )
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKL(
+        block_out_channels=[16, 32], in_channels=3, out_channels=3,
+        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"], latent_channels=4, sample_size=32, norm_num_groups=8,
+    )
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                              set_alpha_to_one=False, steps_offset=1, prediction_type=prediction_type)
+    tok_dir = Path(tokenizer_dir) if tokenizer_dir is not None else Path(tempfile.mkdtemp(prefix="clip_tok_"))
+    return {"unet": unet.eval(), "vae": vae.eval(), "scheduler": scheduler,
+            "text_encoder": _text_encoder(CLIPTextModel, seed + 2), "tokenizer": load_clip_tokenizer(tok_dir),
+            "safety_checker": None, "feature_extractor": None, "image_encoder": None}
+
+
+def save_tiny_sd15(directory: str | Path, seed: int = 0, prediction_type: str = "epsilon") -> Path:
+    """Build the tiny SD1.5 pipeline and ``save_pretrained`` it into ``directory``; return the path."""
+    from diffusers import StableDiffusionPipeline
+
+    directory = Path(directory)
+    comps = tiny_sd15_components(seed, directory / "_tokenizer_src", prediction_type)
+    StableDiffusionPipeline(**comps, requires_safety_checker=False).save_pretrained(directory)
+    return directory
+
+
+def write_image_folder(directory: str | Path, n: int = 8, size: int = 40, seed: int = 0, corrupt: int = 0) -> Path:
+    """``n`` random-colour captioned PNGs (``i.png`` + ``i.txt``) plus ``corrupt`` unreadable ones."""
+    import numpy as np
+    from PIL import Image
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    colours = ["red", "green", "blue", "yellow"]
+    for i in range(n):
+        c = i % len(colours)
+        img = np.zeros((size, size + 8, 3), dtype=np.uint8)
+        img[..., c % 3] = 200
+        img += rng.integers(0, 40, img.shape, dtype=np.uint8)
+        Image.fromarray(img).save(directory / f"{i:04d}.png")
+        (directory / f"{i:04d}.txt").write_text(f"a {colours[c]} square")
+    for j in range(corrupt):
+        (directory / f"bad{j}.png").write_bytes(b"not a png")
+        (directory / f"bad{j}.txt").write_text("broken")
+    return directory
+
+
+def tiny_t5_tokenizer():
+    """A real ``T5TokenizerFast`` (Unigram) over a small word vocabulary: T5's vocab cannot be downloaded here."""
+    from transformers import T5TokenizerFast
+
+    words = ("a an the of on in at with and photo painting portrait red green blue yellow square cat dog city "
+             "night apple table lighthouse horse").split()
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [(f"\u2581{w}", -float(i + 1)) for i, w in enumerate(words)]
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    pieces = [a + b for a in letters for b in letters]  # >= 1000 pieces: a real-sized Unigram vocabulary
+    vocab += [(f"\u2581{p}", -20.0) for p in pieces] + [(p, -25.0) for p in pieces]
+    vocab += [(ch, -30.0) for ch in letters + "\u2581"]
+    return T5TokenizerFast(vocab=vocab, extra_ids=0)
+
+
+def tiny_flux_components(seed: int = 0, tokenizer_dir: str | Path | None = None) -> dict:
+    """Components of a tiny FLUX.1-dev-architecture pipeline (guidance embedding, shift_factor VAE, T5 + CLIP)."""
+    import tempfile
+
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+    from transformers import CLIPTextModel, T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=True,
+        axes_dims_rope=(4, 4, 8),
+    )
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKL(
+        block_out_channels=[16, 32], in_channels=3, out_channels=3,
+        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"], latent_channels=4, sample_size=32,
+        norm_num_groups=8, use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035,
+    )
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                                base_image_seq_len=256, max_image_seq_len=4096)
+    t5_tok = tiny_t5_tokenizer()
+    torch.manual_seed(seed + 3)
+    t5 = T5EncoderModel(T5Config(vocab_size=len(t5_tok), d_model=32, d_ff=37, d_kv=8, num_layers=2, num_heads=4,
+                                 relative_attention_num_buckets=8, decoder_start_token_id=0)).eval()
+    tok_dir = Path(tokenizer_dir) if tokenizer_dir is not None else Path(tempfile.mkdtemp(prefix="clip_tok_"))
+    return {"transformer": transformer.eval(), "vae": vae.eval(), "scheduler": scheduler,
+            "text_encoder": _text_encoder(CLIPTextModel, seed + 2), "tokenizer": load_clip_tokenizer(tok_dir),
+            "text_encoder_2": t5, "tokenizer_2": t5_tok}
+
+
+def save_tiny_flux(directory: str | Path, seed: int = 0) -> Path:
+    """Build the tiny FLUX pipeline and ``save_pretrained`` it into ``directory``; return the path."""
+    from diffusers import FluxPipeline
+
+    directory = Path(directory)
+    FluxPipeline(**tiny_flux_components(seed, directory / "_tokenizer_src")).save_pretrained(directory)
+    return directory

@@ -1,0 +1,91 @@
+"""Students of diffusers teachers, sampled inside the stock pipeline (what a user does with the export).
+
+``PipelineStudent.load(run_dir/student)`` loads the teacher's pipeline class from the recorded
+``pretrained`` path, applies the student (``load_lora_weights`` on the exported LoRA, whose
+metadata carries alpha; or the full model folder) and installs the exported TDD scheduler.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tdd_lab.teachers.latent import resolve_dtype
+
+
+def load_student_pipeline(directory: str | Path, device: str = "cpu", dtype: str | None = None,
+                          pretrained: str | None = None):
+    """The stock pipeline with the exported student of ``directory`` and its scheduler."""
+    import diffusers
+
+    from tdd_lab import schedulers as tdd_schedulers
+    from tdd_lab.validate import check_pretrained
+
+    directory = Path(directory)
+    info = json.loads((directory / "teacher.json").read_text())
+    base = pretrained or info["pretrained"]
+    check_pretrained(base, "the student's teacher (teacher.json 'pretrained'; pass --pretrained to override)")
+    torch_dtype = resolve_dtype(dtype or info.get("dtype", "float32"))
+    cls = getattr(diffusers, info["pipeline_class"])
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    kwargs: dict[str, Any] = dict(torch_dtype=torch_dtype, local_files_only=offline)
+    if info.get("revision"):
+        kwargs["revision"] = info["revision"]
+    if info.get("variant"):
+        kwargs["variant"] = info["variant"]
+    if info["pipeline_class"] == "StableDiffusionPipeline":
+        kwargs.update(safety_checker=None, requires_safety_checker=False)
+    model_attr = info["model_attr"]
+    if (directory / model_attr).is_dir():  # a full or fused student
+        model_cls = getattr(diffusers, json.loads((directory / model_attr / "config.json").read_text())["_class_name"])
+        kwargs[model_attr] = model_cls.from_pretrained(directory / model_attr, torch_dtype=torch_dtype)
+        pipe = cls.from_pretrained(base, **kwargs)
+    else:
+        pipe = cls.from_pretrained(base, **kwargs)
+        pipe.load_lora_weights(str(directory))
+    sched_cfg = json.loads((directory / "scheduler" / "scheduler_config.json").read_text())
+    pipe.scheduler = getattr(tdd_schedulers, sched_cfg["_class_name"]).from_pretrained(directory / "scheduler")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+@dataclass
+class PipelineStudent:
+    """An exported student of a diffusers teacher, sampled with the stock pipeline."""
+
+    pipeline: Any
+    meta: dict[str, Any]
+    resolution: int
+    device: str = "cpu"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, directory: Path, meta: dict, device: str = "cpu") -> PipelineStudent:
+        info = json.loads((Path(directory) / "teacher.json").read_text())
+        return cls(load_student_pipeline(directory, device), meta, int(info["resolution"]), device, info)
+
+    @property
+    def is_flow(self) -> bool:
+        return self.meta.get("prediction_type") == "flow"
+
+    @torch.no_grad()
+    def generate(self, prompts: list[str], steps: int, guidance_scale: float, eta: float | None, seed: int) -> torch.Tensor:
+        """Images (B, 3, H, W) in [0, 1]; image i uses a generator seeded with ``seed + i``."""
+        gens = [torch.Generator(device=self.device).manual_seed(seed + i) for i in range(len(prompts))]
+        kwargs: dict[str, Any] = dict(prompt=list(prompts), num_inference_steps=steps, guidance_scale=guidance_scale,
+                                      generator=gens, height=self.resolution, width=self.resolution, output_type="pt")
+        if self.is_flow:
+            # FluxPipeline: guidance_scale is the embedded guidance value; CFG on the student is true_cfg_scale
+            kwargs["guidance_scale"] = float(self.extra.get("embedded_guidance") or 3.5)
+            if guidance_scale != 1.0:
+                kwargs.update(true_cfg_scale=guidance_scale, negative_prompt=[""] * len(prompts))
+            if eta is not None:  # FluxPipeline has no eta argument: it is a scheduler setting
+                self.pipeline.scheduler.register_to_config(eta=eta)
+        elif eta is not None:
+            kwargs["eta"] = eta
+        return self.pipeline(**kwargs).images.float().cpu()
