@@ -87,10 +87,10 @@ def run_identity(cfg) -> dict:
         sweep_dir = OmegaConf.select(hc, "sweep.dir", default=None, throw_on_resolution_failure=False)
         for item in hc.overrides.task:
             key, _, value = str(item).lstrip("+~").partition("=")
-            if not key.startswith(("hydra", "debug", "logger", "paths")):
+            if not key.startswith(("hydra", "debug", "logger", "paths")) and key not in choices:
                 overrides[key] = value
     classes = {g: str(cfg[g]["_target_"]).rsplit(".", 1)[-1] for g in ABLATION_GROUPS
-               if OmegaConf.is_dict(cfg.get(g)) and "_target_" in cfg[g]}
+               if g != "metrics" and OmegaConf.is_dict(cfg.get(g)) and "_target_" in cfg[g]}
     tags = [f"{g}:{c}" for g, c in choices.items()] + [f"{k}={v}" for k, v in overrides.items()]
     tags += [c for c in classes.values()]
     group = wandb_group(cfg.get("task_name", "train"), multirun, sweep_dir, output_dir)

@@ -2,8 +2,10 @@
 
 Reads every run of a Hydra multirun (``SWEEP_DIR/*/metrics.json`` with ``.hydra/overrides.yaml``),
 writes ``ablation.csv`` (one row per run: its varied settings and metrics), ``ablation.md`` (runs
-grouped over seeds: mean +- std, best value per metric in bold) and plots of each metric against the
-step count, one line per setting; prints the markdown table.
+grouped over seeds: mean +- std, best value per metric in bold), plots of each metric against the
+step count, one line per setting, and, where ``python -m tdd_lab.evaluate`` swept the guidance scale
+(keys ``eval/<metric>@<K>/eta<e>/g<g>...``), each metric against the guidance scale; prints the
+markdown table.
 """
 
 from __future__ import annotations
@@ -117,6 +119,57 @@ def plot_vs_steps(groups, out_dir: Path) -> list[Path]:
     return paths
 
 
+GRID_KEY = re.compile(r"(?P<metric>eval/[^@]+)@(?P<k>\d+)/(?P<setting>.+)")
+
+
+def guidance_curves(groups) -> dict[str, dict[str, dict[float, float]]]:
+    """{``<metric>@<K>``: {line label: {guidance scale: mean}}} from the evaluate CLI's grid keys.
+
+    A line is one run setting (the report's group) and one sampler setting without the guidance scale
+    (e.g. ``eta0.2``, ``eta0.2/noneq``); its points are the guidance scales evaluated.
+    """
+    curves: dict[str, dict[str, dict[float, float]]] = defaultdict(lambda: defaultdict(dict))
+    for label, vals in groups.items():
+        for m, values in vals.items():
+            match = GRID_KEY.fullmatch(m)
+            if not match or not values:
+                continue
+            parts = match.group("setting").split("/")
+            g = [p for p in parts if re.fullmatch(r"g[-+0-9.e]+", p)]
+            if len(g) != 1:
+                continue
+            rest = "/".join(p for p in parts if p != g[0])
+            line = f"{label} [{rest}]" if rest else label
+            curves[f"{match.group('metric')}@{match.group('k')}"][line][float(g[0][1:])] = statistics.fmean(values)
+    return curves
+
+
+def plot_vs_guidance(groups, out_dir: Path) -> list[Path]:
+    """One PNG per ``eval/<m>@K`` swept over the guidance scale: the metric against the scale, one line per setting."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for fam, lines in sorted(guidance_curves(groups).items()):
+        if max(len(points) for points in lines.values()) < 2:
+            continue  # a single guidance scale is no curve
+        fig, ax = plt.subplots(figsize=(5, 3.5), dpi=110)
+        for line, points in lines.items():
+            xs = sorted(points)
+            ax.plot(xs, [points[x] for x in xs], marker="o", label=line)
+        ax.set_xlabel("guidance scale (CFG on the student)")
+        ax.set_ylabel(fam)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = out_dir / f"ablation_guidance_{fam.replace('/', '_').replace('@', '_at')}.png"
+        fig.savefig(path)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tdd_lab.report", description=__doc__.splitlines()[0])
     p.add_argument("sweep_dir", type=Path)
@@ -134,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    plots = plot_vs_steps(groups, args.sweep_dir)
+    plots = plot_vs_steps(groups, args.sweep_dir) + plot_vs_guidance(groups, args.sweep_dir)
     (args.sweep_dir / "ablation.md").write_text(
         f"# Ablation: {args.sweep_dir.name}\n\n{markdown}\n\n" + "".join(f"![]({p.name})\n" for p in plots))
     print(markdown)
