@@ -206,3 +206,20 @@ def test_legacy_inception_loads_a_local_state_dict(tmp_path, no_network, monkeyp
     x = torch.rand(1, 3, 299, 299) * 255
     with torch.no_grad():
         torch.testing.assert_close(net(x), ref(x / 255)[0].flatten(1))
+
+
+def test_train_with_missing_metric_weights_fails_before_training(tmp_path, cache_dir, no_network):
+    """metrics=images without the files: the reference, then the Inception weights, are named before any step."""
+    from tdd_lab.train import train
+
+    from .conftest import compose_cfg
+
+    base = ["experiment=tdd_gmm2d", "debug=smoke", "teacher.init_steps=20", "metrics=images"]
+    with pytest.raises(FileNotFoundError, match="coco2k"):
+        train(compose_cfg(base, tmp_path, cache_dir))
+    teacher_refs = ["metrics.metrics.members.fid.reference=teacher", "metrics.metrics.members.kid.reference=teacher",
+                    f"metrics.metrics.members.fid.inception_path={tmp_path}/w/inception-2015-12-05.pt"]
+    with pytest.raises(MissingWeightsError, match="inception-2015-12-05.pt") as err:
+        train(compose_cfg(base + teacher_refs, tmp_path, cache_dir))
+    assert "nvlabs-fi-cdn" in str(err.value)
+    assert not (tmp_path / "metrics.json").exists()  # nothing was trained or evaluated
