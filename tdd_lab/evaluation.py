@@ -19,7 +19,6 @@ from tqdm.auto import tqdm
 from tdd_lab.guidance.base import Guidance
 from tdd_lab.metrics.base import Metrics
 from tdd_lab.samplers.base import Sampler
-from tdd_lab.samplers.schedulers import DDIMSampler
 from tdd_lab.teachers.base import Teacher
 from tdd_lab.utils.cache import atomic_write_json, config_key, default_cache_dir
 
