@@ -223,3 +223,26 @@ def test_train_with_missing_metric_weights_fails_before_training(tmp_path, cache
         train(compose_cfg(base + teacher_refs, tmp_path, cache_dir))
     assert "nvlabs-fi-cdn" in str(err.value)
     assert not (tmp_path / "metrics.json").exists()  # nothing was trained or evaluated
+
+
+def test_latent_samples_are_decoded_once_per_sample_set(sets):
+    """A latent teacher's ``decode_latents`` turns samples into images; the suite's metrics share one decode."""
+
+    class LatentTeacher:
+        calls = 0
+
+        def decode_latents(self, z):  # (B, 4, 8, 8) -> (B, 3, 16, 16)
+            LatentTeacher.calls += 1
+            return nn.functional.interpolate(z[:, :3], scale_factor=2, mode="nearest")
+
+    teacher = LatentTeacher()
+    latents = nn.functional.avg_pool2d(torch.cat([sets["a"], sets["a"][:, :1]], 1), 2)  # (300, 4, 8, 8)
+    suite = MetricSuite([CleanFID("teacher", features=RandomConv(), image_size=SIZE, name="a"),
+                         CleanFID("teacher", mode="legacy_pytorch", features=RandomConv(), image_size=SIZE, name="b")])
+    suite.set_teacher_samples(latents, teacher)
+    calls = LatentTeacher.calls
+    out = suite.compute(latents, None, None, teacher, 0.0)
+    assert abs(out["a"]) < 1e-6 and abs(out["b"]) < 1e-6
+    assert LatentTeacher.calls == calls  # the same latents: decoded once, shared
+    with pytest.raises(ValueError, match="decode_latents"):
+        CleanFID("teacher", features=RandomConv(), image_size=SIZE).compute(latents, None, None, None, 0.0)

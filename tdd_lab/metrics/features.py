@@ -98,19 +98,29 @@ def resizer(mode: str, size: int) -> Callable[[np.ndarray], np.ndarray]:
     return make_resizer("PyTorch", False, "bilinear", (size, size))
 
 
-def to_uint8_images(samples: torch.Tensor, teacher=None) -> torch.Tensor:
+_decoded: dict = {}  # the last decoded sample set: the metrics of a suite share one VAE decode
+
+
+def to_uint8_images(samples: torch.Tensor, teacher=None, batch_size: int = 16) -> torch.Tensor:
     """Samples -> (B, 3, H, W) uint8 images, quantised as a saved PNG would be.
 
-    A teacher with ``decode(samples) -> (B, C, H, W) in [-1, 1]`` (latent teachers) is decoded first;
-    otherwise the samples are images in [-1, 1]. One channel is repeated to RGB.
+    Latent teachers (``decode_latents(latents) -> (B, 3, H, W) in [-1, 1]``, or ``decode``) are decoded
+    ``batch_size`` at a time; otherwise the samples are images in [-1, 1]. One channel is repeated to RGB.
     """
     x = samples.detach()
-    decode = getattr(teacher, "decode", None)
+    decode = getattr(teacher, "decode_latents", None) or getattr(teacher, "decode", None)
     if callable(decode):
-        x = decode(x)
+        # the same tensor object (held here, so its memory is not reused), unmodified, and the same teacher
+        if not (_decoded.get("samples") is samples and _decoded.get("version") == samples._version
+                and _decoded.get("teacher") is teacher):
+            with torch.no_grad():
+                images = torch.cat([decode(x[i : i + batch_size]).float().cpu() for i in range(0, len(x), batch_size)])
+            _decoded.clear()
+            _decoded.update(samples=samples, version=samples._version, teacher=teacher, images=images)
+        x = _decoded["images"]
     if x.ndim != 4 or x.shape[1] not in (1, 3):
         raise ValueError(f"image metrics need (B, 1 or 3, H, W) images in [-1, 1], got shape {tuple(x.shape)}; "
-                         "a latent teacher must provide decode(samples)")
+                         "a latent teacher must provide decode_latents(samples)")
     x = ((x.float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return x.expand(-1, 3, -1, -1).contiguous() if x.shape[1] == 1 else x
 
