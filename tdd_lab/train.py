@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+from hydra.errors import InstantiationException
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -23,7 +24,7 @@ from tdd_lab.export import export_student
 from tdd_lab.module import DistillationModule, NonFiniteLossError
 from tdd_lab.outputs import finish_loggers, log_results, make_loggers, print_table, save_sample_grids
 from tdd_lab.utils.cache import atomic_write_json
-from tdd_lab.validate import ConfigError, validate_config
+from tdd_lab.validate import ConfigError, _root_cause, validate_config
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,13 @@ log = logging.getLogger(__name__)
 def build_module(cfg: DictConfig) -> tuple[DistillationModule, Any, Any]:
     """Instantiate every component from the config and compose the LightningModule."""
     inst = hydra.utils.instantiate
-    teacher = inst(cfg.teacher)
+    try:  # loading a teacher checks paths, tokenizers and weights: report the cause, not Hydra's wrapper
+        teacher = inst(cfg.teacher)
+    except InstantiationException as e:
+        cause = _root_cause(e)
+        if isinstance(cause, (ValueError, OSError)):
+            raise ConfigError(f"teacher: {cause}") from None
+        raise
     module = DistillationModule(
         teacher=teacher,
         student=inst(cfg.student),

@@ -5,6 +5,7 @@ from pathlib import Path
 import hydra
 import pytest
 from hydra.utils import get_class, get_method
+from omegaconf import OmegaConf
 
 from tdd_lab.train import accept_plus_groups
 
@@ -18,7 +19,9 @@ REQUIRED = {
     "sampler": {"tdd", "lcm", "tcd", "ddim", "dpmpp"},
     "loss": {"l2", "huber"},
     "student": {"full", "lora"},
-    "experiment": {"tdd_digits", "tdd_gmm2d"},
+    "experiment": {"tdd_digits", "tdd_gmm2d", "tdd_sdxl", "tdd_sd15", "tdd_flux", "lcm_sdxl", "pcm_sdxl", "tcd_sdxl"},
+    "teacher": {"digits", "gmm2d", "sd15", "sdxl", "flux"},
+    "data": {"digits", "gmm2d", "image_folder", "webdataset"},
     "debug": {"smoke"},
 }
 
@@ -50,7 +53,8 @@ def test_required_options_exist():
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
 def test_every_option_composes_and_targets_resolve(group, option, tmp_path, cache_dir):
     cfg = compose_cfg([f"{group}={option}"], tmp_path, cache_dir)
-    for target in all_targets(cfg if group in ("experiment", "debug") else cfg[group]):
+    node = OmegaConf.to_container(cfg if group in ("experiment", "debug") else cfg[group], resolve=False)
+    for target in all_targets(node):  # mandatory values (teacher.pretrained: ???) stay unresolved
         try:
             get_class(target)
         except Exception:
@@ -77,6 +81,20 @@ def test_debug_smoke_shrinks_every_experiment(experiment, tmp_path, cache_dir):
     cfg = compose_cfg([f"experiment={experiment}", "debug=smoke"], tmp_path, cache_dir)
     assert cfg.trainer.max_steps <= 10 and cfg.metrics.num_samples <= 100 and cfg.data.batch_size <= 16
     assert cfg.trainer.accelerator == "cpu"
+
+
+@pytest.mark.parametrize("experiment", ["tdd_sdxl", "lcm_sdxl", "pcm_sdxl", "tcd_sdxl"])
+def test_sdxl_baselines_differ_from_tdd_only_in_strategy_guidance_sampler(experiment, tmp_path, cache_dir):
+    ref = OmegaConf.to_container(compose_cfg(["experiment=tdd_sdxl"], tmp_path, cache_dir), resolve=False)
+    cfg = OmegaConf.to_container(compose_cfg([f"experiment={experiment}"], tmp_path, cache_dir), resolve=False)
+    differing = {k for k in set(ref) | set(cfg) if ref.get(k) != cfg.get(k)} - {"hydra", "tags"}
+    assert differing <= {"strategy", "guidance", "sampler"}
+    recipe = ref
+    assert recipe["solver"]["num_ddim_timesteps"] == 250 and recipe["strategy"]["s_ratio"] == 0.3
+    assert recipe["guidance"]["proportion_empty_prompts"] == 0.2 and recipe["guidance"]["w"] == 3.5
+    assert recipe["loss"]["huber_c"] == 0.001 and recipe["student"]["rank"] == 64
+    assert recipe["optimizer"]["lr"] == 1e-6 and recipe["teacher"]["resolution"] == 1024
+    assert recipe["teacher"]["dtype"] == "bf16" and recipe["model"]["gradient_checkpointing"] is True
 
 
 def test_plus_experiment_spelling():

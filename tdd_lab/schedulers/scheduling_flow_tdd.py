@@ -16,7 +16,9 @@ transformer, divided by 1000); ``grid_timesteps`` the integer grid points. Drop-
     image = pipe(prompt, num_inference_steps=4, guidance_scale=3.5).images[0]
 
 ``FluxPipeline`` also passes its own linear ``sigmas``; only their count is used: TDD samples on
-the grid the student was distilled on. ``eta`` is a config value (the FLUX pipeline has no ``eta``).
+the grid the student was distilled on. ``eta`` is a config value (the FLUX pipeline has no ``eta``),
+and since ``FluxPipeline`` does not hand its generator to ``step``, set ``pipe.scheduler.generator``
+(a seeded ``torch.Generator``) for reproducible re-noising when eta > 0.
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ class FlowTDDScheduler(SchedulerMixin, ConfigMixin):
         self.timesteps = (self.sigma_table.flip(0) * num_train_timesteps).float()
         self._step_index: int | None = None
         self._begin_index: int | None = None
+        self.generator: torch.Generator | None = None  # re-noising source when step() gets none
 
     @property
     def step_index(self) -> int | None:
@@ -163,7 +166,8 @@ class FlowTDDScheduler(SchedulerMixin, ConfigMixin):
             prev = (1 - sig_s) * x0 + sig_s * eps
             if eta > 0 and s != t_next:
                 ratio = (1 - sig_t) / (1 - sig_s)
-                noise = randn_tensor(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+                gen = generator if generator is not None else self.generator
+                noise = randn_tensor(x.shape, generator=gen, device=x.device, dtype=x.dtype)
                 prev = ratio * prev + math.sqrt(max(sig_t**2 - (ratio * sig_s) ** 2, 0.0)) * noise
         self._step_index += 1
         prev = prev.to(sample.dtype)

@@ -288,6 +288,7 @@ class DiffusersTeacher(Teacher):
         eta = (rec.get("sampler") or {}).get("eta", 0.2)
         g = rec.get("guidance_scale", 1.0)
         flow = self.prediction_type == "flow"
+        gen_line = "\npipe.scheduler.generator = torch.Generator().manual_seed(0)  # re-noising seed (eta > 0)" if flow else ""
         sched = "FlowTDDScheduler" if flow else "TDDScheduler"
         call = (f"guidance_scale={getattr(self, 'guidance_scale', 3.5)}" + (f", true_cfg_scale={g}" if g != 1 else "")
                 if flow else f"guidance_scale={g}, eta={eta}")
@@ -309,7 +310,7 @@ from tdd_lab.schedulers import {sched}
 
 pipe = diffusers.{self.pipeline_class}.from_pretrained("{self.pretrained}", torch_dtype=torch.float16)
 pipe.load_lora_weights("path/to/student")          # alpha is stored: no fuse scale to guess
-pipe.scheduler = {sched}.from_pretrained("path/to/student/scheduler")
+pipe.scheduler = {sched}.from_pretrained("path/to/student/scheduler"){gen_line}
 image = pipe("a photo of a cat", num_inference_steps={4 if 4 in steps else steps[0]}, {call}).images[0]
 ```
 Or `python -m tdd_lab.sample path/to/run --prompt "a photo of a cat"`.
@@ -466,4 +467,5 @@ class FluxTeacher(DiffusersTeacher):
         super().export(student, factory, directory, kohya=kohya, fused=fused)
         info = json.loads((directory / "teacher.json").read_text())
         info["embedded_guidance"] = self.guidance_scale  # FluxPipeline's guidance_scale argument
+        info["max_sequence_length"] = self.max_sequence_length  # T5 padding length of training
         (directory / "teacher.json").write_text(json.dumps(info, indent=2))

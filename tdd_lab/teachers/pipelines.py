@@ -82,10 +82,13 @@ class PipelineStudent:
         if self.is_flow:
             # FluxPipeline: guidance_scale is the embedded guidance value; CFG on the student is true_cfg_scale
             kwargs["guidance_scale"] = float(self.extra.get("embedded_guidance") or 3.5)
+            kwargs["max_sequence_length"] = int(self.extra.get("max_sequence_length") or 512)
             if guidance_scale != 1.0:
                 kwargs.update(true_cfg_scale=guidance_scale, negative_prompt=[""] * len(prompts))
             if eta is not None:  # FluxPipeline has no eta argument: it is a scheduler setting
                 self.pipeline.scheduler.register_to_config(eta=eta)
+            # FluxPipeline does not pass its generator to step(): seed the scheduler's re-noising stream
+            self.pipeline.scheduler.generator = torch.Generator(device=self.device).manual_seed(seed)
         elif eta is not None:
             kwargs["eta"] = eta
         return self.pipeline(**kwargs).images.float().cpu()
