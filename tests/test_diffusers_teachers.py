@@ -362,3 +362,33 @@ def test_lora_targets_of_the_recipe_exist_in_the_sdxl_unet(assets, tmp_path, cac
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_latent_cache_equals_encoding_on_the_fly_and_is_reused(assets, tmp_path, cache_dir):
+    from tdd_lab.data.image_folder import ImageFolderDataModule, ImageFolderDataset, collate_skipping
+
+    module, _, _ = _module("sdxl", assets, cache_dir, tmp_path, "teacher.dtype=fp32")
+    teacher = module.teacher
+    dm = ImageFolderDataModule(assets["images"], resolution=32, batch_size=4, num_workers=0, cache_latents=True,
+                               cache_dir=str(tmp_path / "cache"), teacher=teacher)
+    dm.prepare_data()
+    dm.setup("fit")
+    (path,) = list((tmp_path / "cache").glob("latents-*"))
+    stamp = (path / "latents.safetensors").stat().st_mtime_ns
+    raw = ImageFolderDataset(assets["images"], 32)
+    batch = collate_skipping([raw[i] for i in range(3)])
+    x0, cond = teacher.prepare_batch(batch)
+    cached = torch.utils.data.default_collate([dm.train_set[i] for i in range(3)])
+    x0_c, cond_c = teacher.prepare_batch(cached)
+    assert torch.allclose(x0, x0_c, atol=1e-6)
+    assert torch.allclose(cond["encoder_hidden_states"], cond_c["encoder_hidden_states"], atol=1e-6)
+    assert torch.equal(cond["added_cond_kwargs"]["time_ids"], cond_c["added_cond_kwargs"]["time_ids"])
+    loss, _ = module.distillation_loss(cached)  # trains from the cache: no VAE / text encoder call
+    assert torch.isfinite(loss)
+    dm2 = ImageFolderDataModule(assets["images"], resolution=32, cache_latents=True, cache_dir=str(tmp_path / "cache"),
+                                teacher=teacher)
+    dm2.prepare_data()
+    dm2.setup("fit")
+    assert (path / "latents.safetensors").stat().st_mtime_ns == stamp  # reused, not rebuilt
+    with pytest.raises(ValueError, match="center_crop"):
+        ImageFolderDataModule(assets["images"], cache_latents=True, center_crop=False, teacher=teacher)

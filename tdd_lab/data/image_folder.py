@@ -125,11 +125,75 @@ class SkippingCollate:
         return batch
 
 
+def _flatten(cond, prefix: str = "cond") -> dict[str, torch.Tensor]:
+    """Nested condition -> {"cond.a.b": tensor} (safetensors keys)."""
+    if isinstance(cond, dict):
+        return {k: v for key, sub in cond.items() for k, v in _flatten(sub, f"{prefix}.{key}").items()}
+    return {prefix: cond}
+
+
+def _unflatten(flat: dict[str, torch.Tensor]):
+    """Inverse of :func:`_flatten`."""
+    if list(flat) == ["cond"]:
+        return flat["cond"]
+    out: dict = {}
+    for key, v in flat.items():
+        node = out
+        parts = key.split(".")[1:]
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = v
+    return out
+
+
+class CachedLatentDataset(Dataset):
+    """Pre-encoded samples ``{"latents" (C, h, w), "cond": per-sample condition}`` from a latent cache."""
+
+    def __init__(self, path: Path):
+        from safetensors.torch import load_file
+
+        tensors = load_file(str(path / "latents.safetensors"))
+        self.latents = tensors.pop("latents")
+        self.cond = tensors
+
+    def __len__(self) -> int:
+        return len(self.latents)
+
+    def __getitem__(self, i: int):
+        return {"latents": self.latents[i], "cond": _unflatten({k: v[i] for k, v in self.cond.items()})}
+
+
+@torch.no_grad()
+def encode_dataset(dataset: ImageFolderDataset, teacher, out: Path, batch_size: int = 16) -> None:
+    """Encode every readable image (VAE latents) and caption (text conditions) once; write one safetensors file."""
+    from safetensors.torch import save_file
+    from tqdm.auto import tqdm
+
+    latents, conds, skipped = [], [], 0
+    for i in tqdm(range(0, len(dataset), batch_size), desc="caching latents and text embeddings"):
+        batch = collate_skipping([dataset[j] for j in range(i, min(i + batch_size, len(dataset)))])
+        skipped += batch["skipped"]
+        if "pixel_values" not in batch:
+            continue
+        x0, cond = teacher.prepare_batch(batch)
+        latents.append(x0.cpu())
+        conds.append({k: v.cpu() for k, v in _flatten(cond).items()})
+    if not latents:
+        raise DataQualityError(f"data.root {str(dataset.root)!r}: none of the {len(dataset)} images is readable")
+    tensors = {"latents": torch.cat(latents).contiguous()}
+    tensors.update({k: torch.cat([c[k] for c in conds]).contiguous() for k in conds[0]})
+    save_file(tensors, str(out / "latents.safetensors"), metadata={"skipped": str(skipped)})
+
+
 class ImageFolderDataModule(pl.LightningDataModule):
     """Captioned images from ``root`` for the diffusers teachers (batches of :class:`ImageFolderDataset`).
 
     Shuffled with the resumable sampler (exact resume); unreadable images are skipped and counted
     (``data/skipped`` in the logs) and the run stops once more than ``max_bad_fraction`` are unreadable.
+    With ``cache_latents`` the VAE latents and text conditions are computed once (rank 0, on the
+    training device) into ``cache_dir`` and training reads them instead of images: no VAE or text
+    encoder forward per step. The cache is keyed by the teacher, resolution and the files (names,
+    sizes, mtimes), so editing the data or changing the teacher rebuilds it.
     """
 
     def __init__(
@@ -142,17 +206,56 @@ class ImageFolderDataModule(pl.LightningDataModule):
         num_workers: int = 4,
         seed: int = 0,
         max_bad_fraction: float = 0.05,  # stop when more of the samples seen are unreadable
+        cache_latents: bool = False,     # pre-encode latents + text conditions once (deterministic crops only)
+        cache_dir: str | None = None,    # where (default: $TDD_LAB_CACHE)
         teacher=None,
     ):
         super().__init__()
+        if cache_latents and (not center_crop or random_flip):
+            raise ValueError("data.cache_latents needs data.center_crop=true and data.random_flip=false "
+                             "(a cached latent is one fixed crop)")
+        if cache_latents and teacher is None:
+            raise ValueError("data.cache_latents needs the teacher (it encodes the images)")
         self.root, self.resolution, self.center_crop, self.random_flip = root, resolution, center_crop, random_flip
         self.batch_size, self.num_workers, self.seed, self.max_bad_fraction = batch_size, num_workers, seed, max_bad_fraction
+        self.cache_latents, self.cache_dir, self.teacher = cache_latents, cache_dir, teacher
+
+    def _cache_key(self, dataset: ImageFolderDataset) -> dict:
+        files = [(str(p.relative_to(dataset.root)), p.stat().st_size, p.stat().st_mtime_ns) for p in dataset.files]
+        captions = [dataset.caption(p) for p in dataset.files]
+        describe = getattr(self.teacher, "describe", lambda: {"class": type(self.teacher).__name__})()
+        describe = {k: v for k, v in describe.items() if k != "eval_prompts"}
+        return {"teacher": describe, "resolution": self.resolution, "files": files, "captions": captions, "v": 1}
+
+    def _latent_cache(self, build: bool) -> Path:
+        from tdd_lab.utils.cache import cached_dir, config_key, default_cache_dir
+
+        dataset = ImageFolderDataset(self.root, self.resolution, True, False)
+        cache = Path(self.cache_dir) if self.cache_dir else default_cache_dir()
+        key = self._cache_key(dataset)
+        if not build:
+            return cache / f"latents-{config_key(key)}"
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        self.teacher.to(device)
+        return cached_dir(cache, "latents", key, lambda out: encode_dataset(dataset, self.teacher, out))
+
+    def prepare_data(self) -> None:
+        if self.cache_latents:  # once per node, before setup() on every rank
+            self._latent_cache(build=True)
 
     def setup(self, stage: str | None = None) -> None:
-        self.train_set = ImageFolderDataset(self.root, self.resolution, self.center_crop, self.random_flip)
+        if self.cache_latents:
+            path = self._latent_cache(build=False)
+            if not (path / "DONE").exists():
+                path = self._latent_cache(build=True)
+            self.train_set = CachedLatentDataset(path)
+        else:
+            self.train_set = ImageFolderDataset(self.root, self.resolution, self.center_crop, self.random_flip)
 
     def train_dataloader(self):
         from tdd_lab.data.modules import resumable_loader
 
+        if self.cache_latents:
+            return resumable_loader(self, self.train_set, self.batch_size, self.seed, self.num_workers)
         return resumable_loader(self, self.train_set, self.batch_size, self.seed, self.num_workers,
                                 collate_fn=SkippingCollate(self.max_bad_fraction, min_seen=min(64, len(self.train_set))))
