@@ -392,3 +392,21 @@ def test_latent_cache_equals_encoding_on_the_fly_and_is_reused(assets, tmp_path,
     assert (path / "latents.safetensors").stat().st_mtime_ns == stamp  # reused, not rebuilt
     with pytest.raises(ValueError, match="center_crop"):
         ImageFolderDataModule(assets["images"], cache_latents=True, center_crop=False, teacher=teacher)
+
+
+def test_lora_checkpoint_holds_adapters_only_and_resumes(assets, tmp_path, cache_dir):
+    run = tmp_path / "run"
+    common = ["teacher.dtype=fp32", "student.rank=4", "optimizer.lr=0.01", "callbacks=default",
+              "trainer.enable_checkpointing=true", "callbacks.checkpoint.every_n_train_steps=2", "metrics.steps=[2]",
+              "metrics.num_samples=2", "metrics.batch_size=2", "export=false"]
+    train(compose_cfg(smoke_overrides("sdxl", assets, *common, "trainer.max_steps=4"), run, cache_dir))
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == 4 and ckpt["frozen_weights_omitted"] > 0
+    assert ckpt["state_dict"] and all("lora_" in k for k in ckpt["state_dict"])
+    metrics = train(compose_cfg(smoke_overrides("sdxl", assets, *common, "trainer.max_steps=6", "resume=auto"), run,
+                                cache_dir))
+    assert metrics["train/steps"] == 6.0
+    ckpt6 = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt6["global_step"] == 6
+    moved = max((ckpt6["state_dict"][k] - v).abs().max().item() for k, v in ckpt["state_dict"].items())
+    assert moved > 0  # training continued from the restored adapters
