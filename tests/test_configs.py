@@ -97,6 +97,15 @@ def test_sdxl_baselines_differ_from_tdd_only_in_strategy_guidance_sampler(experi
     assert recipe["teacher"]["dtype"] == "bf16" and recipe["model"]["gradient_checkpointing"] is True
 
 
+@pytest.mark.parametrize("experiment", ["tdd_sdxl", "tdd_sd15", "tdd_flux"])
+@pytest.mark.parametrize("group", ["strategy", "guidance", "student", "loss", "sampler"])
+def test_real_experiments_accept_every_option_of_a_group(experiment, group, tmp_path, cache_dir):
+    """`+experiment=tdd_sdxl student=full` (or strategy=..., guidance=...) must compose and instantiate."""
+    for option in options(group):
+        cfg = compose_cfg([f"experiment={experiment}", f"{group}={option}"], tmp_path, cache_dir)
+        hydra.utils.instantiate(cfg[group])
+
+
 def test_plus_experiment_spelling():
     argv = ["x", "+experiment=tdd_sdxl", "debug=smoke", "+foo=1", "+hparams_search=optuna"]
     assert accept_plus_groups(argv) == ["x", "experiment=tdd_sdxl", "debug=smoke", "+foo=1", "hparams_search=optuna"]

@@ -410,3 +410,20 @@ def test_lora_checkpoint_holds_adapters_only_and_resumes(assets, tmp_path, cache
     assert ckpt6["global_step"] == 6
     moved = max((ckpt6["state_dict"][k] - v).abs().max().item() for k, v in ckpt["state_dict"].items())
     assert moved > 0  # training continued from the restored adapters
+
+
+def test_full_finetune_student_exports_a_model_folder_the_pipeline_loads(assets, tmp_path, cache_dir):
+    from tdd_lab.export import export_student, load_student
+
+    module, _, _ = _module("sd15", assets, cache_dir, tmp_path, "teacher.dtype=fp32", "student=full")
+    assert module.student is not module.teacher.net  # a trainable float32 copy
+    with torch.no_grad():
+        module.student.unet.conv_out.bias.add_(0.5)  # a visible change of the function
+    out = export_student(tmp_path / "student", module.student, module.student_factory, module.teacher, 50, None,
+                         {"sampler": {"class": "TDDSampler", "eta": 0.0}, "steps": [2], "guidance_scale": 1.0})
+    assert (out / "unet" / "config.json").exists() and not (out / "pytorch_lora_weights.safetensors").exists()
+    student = load_student(out)
+    unet = student.pipeline.unet
+    assert torch.allclose(unet.conv_out.bias, module.student.unet.conv_out.bias)
+    images = student.generate(["a red square"], 2, 1.0, 0.0, seed=0)
+    assert images.shape == (1, 3, 32, 32) and torch.isfinite(images).all()
