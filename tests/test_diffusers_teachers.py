@@ -34,8 +34,8 @@ def smoke_overrides(family, assets, *extra, data=None):
     """The user's smoke command on a tiny pipeline, with a small evaluation."""
     data = data or ["data=image_folder", f"data.root={assets['images']}"]
     out = [f"experiment=tdd_{family}", f"teacher.pretrained={assets[family]}", *data, "debug=smoke", "teacher.resolution=32", "data.batch_size=4",
-           "data.num_workers=0", "solver.num_ddim_timesteps=50", "metrics.num_samples=4", "metrics.batch_size=4",
-           "metrics.metrics.ode_steps=8", "metrics.teacher_steps=8"]
+           "data.num_workers=0", "solver.num_ddim_timesteps=50", "metrics.num_samples=2", "metrics.batch_size=2",
+           "metrics.metrics.ode_steps=4", "metrics.teacher_steps=4"]
     if family == "flux":
         out.append("teacher.max_sequence_length=16")
     return out + list(extra)
@@ -211,13 +211,25 @@ def test_sdxl_null_condition_is_one_thing_and_keeps_micro_conditioning(assets, t
 
 
 def test_sd15_v_prediction_variant(tmp_path, cache_dir, assets):
+    from tdd_lab.export import export_student
+
     vdir = save_tiny_sd15(tmp_path / "sd15v", prediction_type="v_prediction")
-    assets = {**assets, "sd15": vdir}
-    cfg = compose_cfg(smoke_overrides("sd15", assets, "teacher.dtype=fp32", "metrics.steps=[2]"), tmp_path / "run",
-                      cache_dir)
-    metrics = train(cfg)
-    assert metrics["eval/ode_rmse@2"] == metrics["eval/ode_rmse@2"]
-    sched = json.loads((tmp_path / "run" / "student" / "scheduler" / "scheduler_config.json").read_text())
+    module, datamodule, _ = _module("sd15", {**assets, "sd15": vdir}, cache_dir, tmp_path, "teacher.dtype=fp32")
+    teacher = module.teacher
+    assert teacher.prediction_type == "v_prediction"
+    # the teacher's (x0, eps) come from v: x0 = a x - s v, eps = s x + a v
+    x, t = torch.randn(2, 4, 16, 16), torch.tensor([900, 100])
+    cond = teacher.conditions(torch.tensor([0, 1]))
+    v = teacher.net(x, t, cond)
+    a, s = teacher.schedule.alpha_sigma(t, 4)
+    x0, eps = teacher.denoise(x, t, cond)
+    assert torch.allclose(x0, a * x - s * v, atol=1e-5) and torch.allclose(eps, s * x + a * v, atol=1e-5)
+    datamodule.setup("fit")
+    batch = next(iter(datamodule.train_dataloader()))
+    loss, _ = module.distillation_loss(batch)
+    assert torch.isfinite(loss)
+    out = export_student(tmp_path / "student", module.student, module.student_factory, teacher, 50, None, {})
+    sched = json.loads((out / "scheduler" / "scheduler_config.json").read_text())
     assert sched["prediction_type"] == "v_prediction" and sched["_class_name"] == "TDDScheduler"
 
 
