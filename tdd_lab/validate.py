@@ -12,7 +12,7 @@ from pathlib import Path
 
 import hydra
 from hydra.errors import InstantiationException
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from tdd_lab.timesteps import check_grid_size
 
@@ -93,8 +93,20 @@ def validate_config(cfg: DictConfig) -> None:
             raise ConfigError(f"data.root: {str(path)!r} is not a directory")
         from tdd_lab.data.image_folder import IMAGE_EXTS
 
-        if not any(p.suffix.lower() in IMAGE_EXTS for p in path.rglob("*")):
+        n_images = sum(1 for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTS)
+        if not n_images:
             raise ConfigError(f"data.root: {str(path)!r} holds no image ({', '.join(sorted(IMAGE_EXTS))})")
+        if "batch_size" in cfg.data and n_images < int(cfg.data.batch_size):
+            raise ConfigError(f"data.root: {str(path)!r} holds {n_images} images, fewer than "
+                              f"data.batch_size={cfg.data.batch_size}")
+    urls = cfg.data.get("urls")
+    if urls is not None:
+        from tdd_lab.data.webdataset import expand_urls
+
+        try:
+            expand_urls(OmegaConf.to_container(urls) if not isinstance(urls, str) else urls)
+        except (FileNotFoundError, ValueError) as e:
+            raise ConfigError(str(e)) from None
     resume = cfg.get("resume")
     if resume not in (None, "auto") and not Path(str(resume)).is_file():
         raise ConfigError(f"resume: checkpoint {str(resume)!r} not found (use a .ckpt path, 'auto' or null)")

@@ -353,6 +353,18 @@ def test_bad_inputs_fail_before_compute(assets, tmp_path, cache_dir):
     assert r.returncode == 2 and "holds no image" in r.stderr
 
 
+def test_data_errors_are_config_errors(assets, tmp_path, cache_dir):
+    from tdd_lab.validate import ConfigError, validate_config
+
+    cfg = compose_cfg(smoke_overrides("sdxl", assets, "data.batch_size=16"), tmp_path, cache_dir)
+    with pytest.raises(ConfigError, match="8 images, fewer than data.batch_size=16"):
+        validate_config(cfg)
+    data = ["data=webdataset", f"data.urls='{tmp_path}/missing-{{0..3}}.tar'"]
+    cfg = compose_cfg(smoke_overrides("sdxl", assets, data=data), tmp_path, cache_dir)
+    with pytest.raises(ConfigError, match="missing-0.tar"):
+        validate_config(cfg)
+
+
 def test_unreadable_dataset_stops_with_a_clear_error(assets, tmp_path, cache_dir):
     from tdd_lab.data.image_folder import DataQualityError
 
