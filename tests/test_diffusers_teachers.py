@@ -451,3 +451,39 @@ def test_full_finetune_student_exports_a_model_folder_the_pipeline_loads(assets,
     assert torch.allclose(unet.conv_out.bias, module.student.unet.conv_out.bias)
     images = student.generate(["a red square"], 2, 1.0, 0.0, seed=0)
     assert images.shape == (1, 3, 32, 32) and torch.isfinite(images).all()
+
+
+@pytest.mark.parametrize("family", ["sdxl", "flux"])
+def test_internal_sampling_equals_the_stock_pipeline(family, assets, tmp_path, cache_dir):
+    """tdd_lab's evaluation path (teacher conditions + tdd_lab sampler) == the stock pipeline with the TDD scheduler.
+
+    So the conditioning used in training (prompt embeddings, pooled embeddings, SDXL time_ids, FLUX's
+    embedded guidance, packing and timesteps) is the one the pipeline feeds the network at sampling.
+    """
+    from tdd_lab.evaluation import fixed_noise
+    from tdd_lab.samplers import FlowTDDSampler, TDDSampler
+
+    module, _, _ = _module(family, assets, cache_dir, tmp_path, "teacher.dtype=fp32")
+    teacher = module.teacher
+    prompts = [teacher.eval_prompts[0], teacher.eval_prompts[1]]
+    noise = fixed_noise(2, teacher.sample_shape, seed=5)
+    sampler = FlowTDDSampler(eta=0.0) if family == "flux" else TDDSampler(eta=0.0)
+    cond = teacher.conditions(torch.tensor([0, 1]))
+    ours = sampler.sample(lambda x, t, c, tc: teacher.denoise(x, t, c), noise, cond, teacher.null_condition(), 4,
+                          teacher.schedule.diffusers_config(), 50)
+    pipe = teacher.pipe
+    pipe.scheduler = teacher.sampling_scheduler(50)
+    pipe.set_progress_bar_config(disable=True)
+    gens = [torch.Generator().manual_seed(5 + i) for i in range(2)]
+    call = dict(prompt=prompts, num_inference_steps=4, generator=gens, height=32, width=32, output_type="latent")
+    if family == "flux":
+        pipe.scheduler.register_to_config(eta=0.0)
+        theirs = pipe(**call, guidance_scale=3.5, max_sequence_length=16).images
+        from tdd_lab.nets.flux import unpack_latents
+
+        theirs = unpack_latents(theirs, 16, 16)
+    else:
+        theirs = pipe(**call, guidance_scale=1.0, eta=0.0).images
+    # the pipelines' latents are x0 in the VAE's normalised space, like ours
+    assert ours.shape == theirs.shape
+    assert torch.allclose(ours, theirs.float(), atol=1e-4), (ours - theirs).abs().max()
