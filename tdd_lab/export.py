@@ -44,14 +44,14 @@ class ExportedStudent:
 
 def export_student(directory: str | Path, student: torch.nn.Module, factory, teacher, num_ddim_timesteps: int,
                    time_cond_dim: int | None, recommended: dict[str, Any], kohya: bool = False,
-                   fused: bool = False) -> Path:
+                   fused: bool = False, sampler=None) -> Path:
     """Write the student export atomically (temporary folder, then rename)."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".student-", dir=directory.parent))
     try:
         teacher.export(student, factory, tmp, kohya=kohya, fused=fused)
-        teacher.sampling_scheduler(num_ddim_timesteps).save_pretrained(tmp / "scheduler")
+        teacher.sampling_scheduler(num_ddim_timesteps, sampler).save_pretrained(tmp / "scheduler")
         meta = {
             "teacher_class": f"{type(teacher).__module__}.{type(teacher).__qualname__}",
             "prediction_type": teacher.prediction_type,

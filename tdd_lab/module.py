@@ -100,6 +100,10 @@ class DistillationModule(pl.LightningModule):
 
     def on_fit_start(self) -> None:
         self.teacher.to(self.device)
+        # setup() can run before the module reaches its device: place the grids here, once, so the
+        # strategies' per-grid caches hit every step (no per-step copies, rebuilds or host syncs)
+        self.solver.grid = self.solver.grid.to(self.device)
+        self.solver.grid_prev = self.solver.grid_prev.to(self.device)
         # identical weights on every rank (seeded before building), different noise/timesteps/drops per rank
         # (on resume the RNG states come from the checkpoint instead: RNGStateCallback)
         if self.trainer.ckpt_path is None:
@@ -129,7 +133,8 @@ class DistillationModule(pl.LightningModule):
         b, dev = x0.shape[0], x0.device
         g = self.guidance.prepare(cond, self.teacher.null_like(cond))
         t, t_prev = self.solver.sample_start(b, device=dev)                       # (B,), (B,)
-        s = self.strategy.sample(t_prev, self.solver.grid.to(dev))               # (B,)
+        grid = self.solver.grid if self.solver.grid.device == dev else self.solver.grid.to(dev)
+        s = self.strategy.sample(t_prev, grid)                                   # (B,)
         noise = torch.randn_like(x0)
         x_t = self.schedule.add_noise(x0, noise, t)                              # (B, ...)
 
@@ -196,14 +201,16 @@ class DistillationModule(pl.LightningModule):
 
         The frozen base weights come back from ``teacher.pretrained`` when the module is rebuilt.
         """
-        frozen = {f"student.{n}" for n, p in self.student.named_parameters() if not p.requires_grad}
-        if frozen:
+        names = {n for n, p in self.student.named_parameters() if not p.requires_grad}
+        frozen = {f"student.{n}" for n in names} | {f"target.net.{n}" for n in names}  # EMA copies of frozen weights
+        if names:
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in frozen}
             checkpoint["frozen_weights_omitted"] = len(frozen)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if checkpoint.get("frozen_weights_omitted"):
-            missing = {f"student.{n}" for n, p in self.student.named_parameters() if not p.requires_grad}
+            names = {n for n, p in self.student.named_parameters() if not p.requires_grad}
+            missing = {f"student.{n}" for n in names} | {f"target.net.{n}" for n in names}
             self.strict_loading = False
             absent = [k for k in self.state_dict() if k not in checkpoint["state_dict"] and k not in missing]
             if absent:

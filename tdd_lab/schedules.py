@@ -111,10 +111,19 @@ class NoiseSchedule(ABC):
         """Noise scales s_t: (T,) float64."""
         return self._sigmas
 
+    def tables(self, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(a, s)`` tables (T,) float64 on ``device``, copied there once (no host-device copy per step)."""
+        cache = self.__dict__.setdefault("_device_tables", {})
+        key = str(torch.device(device))
+        if key not in cache:
+            cache[key] = (self.alphas.to(device), self.sigmas.to(device))
+        return cache[key]
+
     def alpha_sigma(self, t: torch.Tensor, ndim: int, dtype: torch.dtype = torch.float32):
         """``(a_t, s_t)`` for integer timesteps ``t`` (B,), each shaped (B, 1, ..., 1) with ``ndim`` dims."""
-        a = gather_per_sample(self.alphas, t, ndim).to(dtype)
-        s = gather_per_sample(self.sigmas, t, ndim).to(dtype)
+        alphas, sigmas = self.tables(t.device)
+        a = gather_per_sample(alphas, t, ndim).to(dtype)
+        s = gather_per_sample(sigmas, t, ndim).to(dtype)
         return a, s
 
     def add_noise(self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -199,7 +208,7 @@ class FlowMatchSchedule(NoiseSchedule):
         self._alphas = 1.0 - self._sigmas
 
     def model_time(self, t: torch.Tensor) -> torch.Tensor:
-        return (self._sigmas.to(t.device)[t] * self.num_train_timesteps).float()
+        return (self.tables(t.device)[1][t] * self.num_train_timesteps).float()
 
     def diffusers_config(self) -> dict:
         """What the flow samplers need to rebuild this schedule (``kind`` marks it as flow matching)."""

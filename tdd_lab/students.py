@@ -80,7 +80,8 @@ class LoRAStudent(StudentFactory):
 
         from peft.tuners.tuners_utils import BaseTunerLayer
 
-        net = copy.deepcopy(student)
+        # merge in float32 on the CPU: small deltas would round away in a bf16/fp16 base
+        net = copy.deepcopy(student).to("cpu", torch.float32)
         for name, module in list(net.named_modules()):
             if isinstance(module, BaseTunerLayer):
                 module.merge()

@@ -81,7 +81,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if not trainer.is_global_zero:
         return {}
 
-    teacher, device = module.teacher, module.device
+    # Lightning's teardown moves the module back to the CPU after fit: evaluate on the training device
+    device = trainer.strategy.root_device
+    module.to(device)
+    teacher = module.teacher.to(device)
     module.eval()
     n_ddim = module.solver.num_ddim_timesteps
     student_metrics, student_samples = evaluator.evaluate_student(
@@ -100,7 +103,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
                        module.guidance.embedding_dim,
                        {"sampler": sampler.describe(), "steps": evaluator.steps, "guidance_scale": scale,
                         "teacher_w": evaluator.teacher_w},
-                       kohya=bool(cfg.get("export_kohya", False)), fused=bool(cfg.get("export_fused", False)))
+                       kohya=bool(cfg.get("export_kohya", False)), fused=bool(cfg.get("export_fused", False)),
+                       sampler=sampler)
     print_table(metrics, evaluator.steps, evaluator.teacher_steps)
     finish_loggers(loggers, "success")
     return metrics

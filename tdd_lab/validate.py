@@ -86,6 +86,8 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError(f"data.batch_size must be > 0, got {cfg.data.batch_size}")
     if cfg.teacher.get("pretrained"):
         check_pretrained(str(cfg.teacher.pretrained))
+    if cfg.get("export_kohya") and str(cfg.teacher.get("_target_", "")).endswith("FluxTeacher"):
+        raise ConfigError("export_kohya: the kohya/A1111 layout is written for UNet models (SD1.5, SDXL), not FLUX")
     root = cfg.data.get("root")
     if root is not None:
         path = Path(str(root)).expanduser()

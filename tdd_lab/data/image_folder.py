@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import random
 from pathlib import Path
 
@@ -104,6 +105,13 @@ class DataQualityError(RuntimeError):
     """Too many unreadable samples."""
 
 
+def min_samples_seen(max_bad_fraction: float, cap: int | None = None) -> int:
+    """How many samples to see before judging the unreadable fraction: enough that one bad sample early
+    (counts are per loader worker) does not stop a run, e.g. 400 at 5%; at most ``cap`` (the dataset size)."""
+    n = max(64, math.ceil(20 / max(max_bad_fraction, 1e-6)))
+    return n if cap is None else max(1, min(n, cap))
+
+
 class SkippingCollate:
     """:func:`collate_skipping` that stops the run once the unreadable fraction exceeds ``max_bad_fraction``.
 
@@ -150,17 +158,29 @@ class CachedLatentDataset(Dataset):
     """Pre-encoded samples ``{"latents" (C, h, w), "cond": per-sample condition}`` from a latent cache."""
 
     def __init__(self, path: Path):
-        from safetensors.torch import load_file
+        from safetensors import safe_open
 
-        tensors = load_file(str(path / "latents.safetensors"))
-        self.latents = tensors.pop("latents")
-        self.cond = tensors
+        self.file = str(path / "latents.safetensors")
+        with safe_open(self.file, "pt") as f:
+            self.keys = [k for k in f.keys() if k != "latents"]
+            self.length = f.get_slice("latents").get_shape()[0]
+        self._handle = None  # opened lazily, once per loader worker: rows are read on demand, not all in RAM
 
     def __len__(self) -> int:
-        return len(self.latents)
+        return self.length
 
     def __getitem__(self, i: int):
-        return {"latents": self.latents[i], "cond": _unflatten({k: v[i] for k, v in self.cond.items()})}
+        from safetensors import safe_open
+
+        if self._handle is None:
+            self._handle = safe_open(self.file, "pt")
+        f = self._handle
+        row = {k: f.get_slice(k)[i : i + 1][0] for k in self.keys}
+        return {"latents": f.get_slice("latents")[i : i + 1][0].float(),
+                "cond": _unflatten({k: v.float() for k, v in row.items()})}
+
+    def __getstate__(self):  # loader workers reopen the file
+        return {**self.__dict__, "_handle": None}
 
 
 @torch.no_grad()
@@ -181,7 +201,11 @@ def encode_dataset(dataset: ImageFolderDataset, teacher, out: Path, batch_size: 
     if not latents:
         raise DataQualityError(f"data.root {str(dataset.root)!r}: none of the {len(dataset)} images is readable")
     tensors = {"latents": torch.cat(latents).contiguous()}
-    tensors.update({k: torch.cat([c[k] for c in conds]).contiguous() for k in conds[0]})
+    # text conditions in the dtype the teacher's network computes in (no loss; half the disk for bf16/fp16 teachers)
+    cond_dtype = getattr(teacher, "dtype", torch.float32)
+    tensors.update({k: torch.cat([c[k] for c in conds]).to(cond_dtype if conds[0][k].is_floating_point() and
+                                                           not k.endswith("time_ids") else conds[0][k].dtype).contiguous()
+                    for k in conds[0]})
     save_file(tensors, str(out / "latents.safetensors"), metadata={"skipped": str(skipped)})
 
 
@@ -258,4 +282,5 @@ class ImageFolderDataModule(pl.LightningDataModule):
         if self.cache_latents:
             return resumable_loader(self, self.train_set, self.batch_size, self.seed, self.num_workers)
         return resumable_loader(self, self.train_set, self.batch_size, self.seed, self.num_workers,
-                                collate_fn=SkippingCollate(self.max_bad_fraction, min_seen=min(64, len(self.train_set))))
+                                collate_fn=SkippingCollate(self.max_bad_fraction,
+                                                           min_samples_seen(self.max_bad_fraction, len(self.train_set))))

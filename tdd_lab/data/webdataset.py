@@ -1,8 +1,9 @@
 """Captioned images from WebDataset tar shards: local paths, brace patterns or ``pipe:`` commands.
 
 Each sample needs an image (``jpg``/``jpeg``/``png``/``webp``) and a caption (``txt``, or ``json``
-with a ``caption``/``text`` field). Shards are split over ranks and loader workers; an unreadable
-sample is skipped and counted like in the image-folder data (:class:`SkippingCollate`).
+with a ``caption``/``text`` field). Each rank and loader worker draws shards with replacement from an
+endless, seeded stream (``resampled``), so ranks never run out of data at different times; an
+unreadable sample is skipped and counted like in the image-folder data (:class:`SkippingCollate`).
 Streaming data has no exact resume: after a restart the stream begins again with a new shard order.
 """
 
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-from tdd_lab.data.image_folder import SkippingCollate, preprocess_image
+from tdd_lab.data.image_folder import SkippingCollate, min_samples_seen, preprocess_image
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 
@@ -88,14 +89,19 @@ class WebDatasetDataModule(pl.LightningDataModule):
         self.seed, self.max_bad_fraction = seed, max_bad_fraction
 
     def train_dataloader(self):
+        import random
+
         import webdataset as wds
 
-        ds = wds.WebDataset(self.urls, shardshuffle=len(self.urls) if len(self.urls) > 1 else False,
-                            nodesplitter=wds.split_by_node, empty_check=False, seed=self.seed,
-                            handler=wds.warn_and_continue)
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        # an endless stream of shards drawn with replacement, seeded per rank: every rank always has data
+        # (finite per-rank shard splits give ranks different batch counts and hang DDP collectives)
+        ds = wds.WebDataset(self.urls, resampled=True, nodesplitter=None, empty_check=False,
+                            seed=self.seed + 1000 * rank, handler=wds.warn_and_continue)
         if self.shuffle_buffer:
-            ds = ds.shuffle(self.shuffle_buffer, rng=__import__("random").Random(self.seed))
+            ds = ds.shuffle(self.shuffle_buffer, rng=random.Random(self.seed + rank))
         ds = ds.map(_Decode(self.resolution, self.center_crop, self.random_flip))
         return torch.utils.data.DataLoader(ds, batch_size=self.batch_size, num_workers=self.num_workers,
-                                           collate_fn=SkippingCollate(self.max_bad_fraction, min_seen=self.batch_size),
+                                           collate_fn=SkippingCollate(self.max_bad_fraction,
+                                                                      min_samples_seen(self.max_bad_fraction)),
                                            persistent_workers=self.num_workers > 0)

@@ -96,12 +96,18 @@ class Teacher(ABC):
 
         return DDIMSampler(eta=0.0)
 
-    def sampling_scheduler(self, num_ddim_timesteps: int):
-        """The diffusers scheduler that samples the student (saved as ``student/scheduler``)."""
+    def sampling_scheduler(self, num_ddim_timesteps: int, sampler=None):
+        """The diffusers scheduler that samples the student (saved as ``student/scheduler``).
+
+        The evaluated sampler's own scheduler (TDD with its timestep schedule and clipping, LCM, TCD, ...)
+        set to the network's prediction type, so a stock pipeline samples as the metrics were measured.
+        """
+        config = {**self.schedule.diffusers_config(), "prediction_type": self.prediction_type}
+        if sampler is not None:
+            return sampler.make_scheduler(config, num_ddim_timesteps)
         from tdd_lab.schedulers import TDDScheduler
 
-        return TDDScheduler(**{**self.schedule.diffusers_config(), "prediction_type": self.prediction_type},
-                            tdd_train_step=num_ddim_timesteps)
+        return TDDScheduler(**config, tdd_train_step=num_ddim_timesteps)
 
     @abstractmethod
     def save_samples(self, samples: torch.Tensor, labels: torch.Tensor, path: Path) -> None:

@@ -116,6 +116,7 @@ class DiffusersTeacher(Teacher):
         check_int("teacher.resolution", resolution, 8)
         self.pretrained, self.revision, self.variant = str(pretrained), revision, variant
         self.dtype, self.vae_dtype = resolve_dtype(dtype), resolve_dtype(vae_dtype)
+        self.vae_pretrained = vae_pretrained
         self.resolution, self.device = resolution, torch.device(device)
         if local_files_only is None:
             local_files_only = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
@@ -232,6 +233,7 @@ class DiffusersTeacher(Teacher):
     def describe(self) -> dict:
         return {"kind": type(self).__name__, "pretrained": self.pretrained, "revision": self.revision,
                 "variant": self.variant, "dtype": str(self.dtype), "resolution": self.resolution,
+                "vae_pretrained": self.vae_pretrained, "vae_dtype": str(self.vae_dtype),
                 "prediction_type": self.prediction_type, "eval_prompts": self.eval_prompts,
                 "schedule": getattr(self.schedule, "describe", lambda: self.schedule.diffusers_config())()}
 
@@ -270,6 +272,9 @@ class DiffusersTeacher(Teacher):
                 directory, safe_serialization=True,
                 **{f"{self.model_attr}_lora_layers": sd, f"{self.model_attr}_lora_adapter_metadata": meta})
             if kohya:
+                if self.model_attr != "unet":
+                    raise ValueError("export_kohya: the kohya/A1111 LoRA layout is written for UNet models (SD1.5, SDXL); "
+                                     "FLUX students are exported in the diffusers format only")
                 write_kohya(sd, lora["alpha"], self.model_attr, directory / "lora_kohya.safetensors")
             if fused:
                 self.save_student(factory.export_network(student), directory)
@@ -290,8 +295,9 @@ class DiffusersTeacher(Teacher):
         flow = self.prediction_type == "flow"
         gen_line = "\npipe.scheduler.generator = torch.Generator().manual_seed(0)  # re-noising seed (eta > 0)" if flow else ""
         sched = "FlowTDDScheduler" if flow else "TDDScheduler"
-        call = (f"guidance_scale={getattr(self, 'guidance_scale', 3.5)}" + (f", true_cfg_scale={g}" if g != 1 else "")
-                if flow else f"guidance_scale={g}, eta={eta}")
+        call = (f"guidance_scale={getattr(self, 'guidance_scale', 3.5)}"
+                + (f", true_cfg_scale={g}, negative_prompt=\"\"" if g != 1 else "") if flow else f"guidance_scale={g}, eta={eta}")
+        dtype = {torch.bfloat16: "bfloat16", torch.float16: "float16"}.get(self.dtype, "float16" if not flow else "bfloat16")
         return f"""---
 library_name: diffusers
 base_model: {self.pretrained}
@@ -308,7 +314,7 @@ you post-tune it, typically 1.0-2.0), resolution {self.resolution}.
 import torch, diffusers
 from tdd_lab.schedulers import {sched}
 
-pipe = diffusers.{self.pipeline_class}.from_pretrained("{self.pretrained}", torch_dtype=torch.float16)
+pipe = diffusers.{self.pipeline_class}.from_pretrained("{self.pretrained}", torch_dtype=torch.{dtype})
 pipe.load_lora_weights("path/to/student")          # alpha is stored: no fuse scale to guess
 pipe.scheduler = {sched}.from_pretrained("path/to/student/scheduler"){gen_line}
 image = pipe("a photo of a cat", num_inference_steps={4 if 4 in steps else steps[0]}, {call}).images[0]
@@ -363,12 +369,13 @@ class StableDiffusionXLTeacher(DiffusersTeacher):
     def time_ids(self, batch: dict[str, Any] | None, n: int) -> torch.Tensor:
         """(B, 6): original size (h, w), crop top-left (top, left), target size (h, w)."""
         r = self.resolution
+        dev = self.device
         if batch is not None and "original_size" in batch:
-            orig = torch.as_tensor(batch["original_size"]).float().view(n, 2)
-            crop = torch.as_tensor(batch["crop_top_left"]).float().view(n, 2)
+            orig = torch.as_tensor(batch["original_size"]).to(dev, torch.float32).view(n, 2)
+            crop = torch.as_tensor(batch["crop_top_left"]).to(dev, torch.float32).view(n, 2)
         else:
-            orig, crop = torch.full((n, 2), float(r)), torch.zeros(n, 2)
-        return torch.cat([orig, crop, torch.full((n, 2), float(r))], dim=1).to(self.device)
+            orig, crop = torch.full((n, 2), float(r), device=dev), torch.zeros(n, 2, device=dev)
+        return torch.cat([orig, crop, torch.full((n, 2), float(r), device=dev)], dim=1)
 
     def _encode(self, prompts, batch=None):
         emb, _, pooled, _ = self.pipe.encode_prompt(list(prompts), device=self._text_device(),
@@ -445,7 +452,7 @@ class FluxTeacher(DiffusersTeacher):
 
     def describe(self) -> dict:
         return {**super().describe(), "guidance_scale": self.guidance_scale, "mu": self.schedule.mu,
-                "shift": self.schedule.shift}
+                "shift": self.schedule.shift, "max_sequence_length": self.max_sequence_length}
 
     def reference_sampler(self):
         """Deterministic Euler (the flow TDD sampler with eta = 0) as the many-step reference."""
@@ -453,15 +460,17 @@ class FluxTeacher(DiffusersTeacher):
 
         return FlowTDDSampler(eta=0.0)
 
-    def sampling_scheduler(self, num_ddim_timesteps: int):
-        """:class:`FlowTDDScheduler` on the training grid with the pipeline's shifting (``FluxPipeline`` passes mu)."""
+    def sampling_scheduler(self, num_ddim_timesteps: int, sampler=None):
+        """:class:`FlowTDDScheduler` on the training grid with the pipeline's shifting (``FluxPipeline`` passes mu)
+        and the evaluated sampler's eta and timestep schedule."""
         from tdd_lab.schedulers import FlowTDDScheduler
 
         cfg = self.pipe.scheduler.config
         keys = ("base_shift", "max_shift", "base_image_seq_len", "max_image_seq_len")
+        opts = {k: getattr(sampler, k) for k in ("eta", "timestep_schedule") if hasattr(sampler, k)}
         return FlowTDDScheduler(num_train_timesteps=self.schedule.num_train_timesteps, shift=self.schedule.shift,
                                 use_dynamic_shifting=self.schedule.mu is not None, mu=self.schedule.mu,
-                                tdd_train_step=num_ddim_timesteps, **{k: cfg[k] for k in keys if k in cfg})
+                                tdd_train_step=num_ddim_timesteps, **{k: cfg[k] for k in keys if k in cfg}, **opts)
 
     def export(self, student, factory, directory, kohya=False, fused=False):
         super().export(student, factory, directory, kohya=kohya, fused=fused)

@@ -41,7 +41,8 @@ def load_student_pipeline(directory: str | Path, device: str = "cpu", dtype: str
     if info["pipeline_class"] == "StableDiffusionPipeline":
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     model_attr = info["model_attr"]
-    if (directory / model_attr).is_dir():  # a full or fused student
+    lora_file = directory / "pytorch_lora_weights.safetensors"
+    if not lora_file.exists() and (directory / model_attr).is_dir():  # a full student (fused extras: LoRA wins)
         model_cls = getattr(diffusers, json.loads((directory / model_attr / "config.json").read_text())["_class_name"])
         kwargs[model_attr] = model_cls.from_pretrained(directory / model_attr, torch_dtype=torch_dtype)
         pipe = cls.from_pretrained(base, **kwargs)
@@ -49,7 +50,9 @@ def load_student_pipeline(directory: str | Path, device: str = "cpu", dtype: str
         pipe = cls.from_pretrained(base, **kwargs)
         pipe.load_lora_weights(str(directory))
     sched_cfg = json.loads((directory / "scheduler" / "scheduler_config.json").read_text())
-    pipe.scheduler = getattr(tdd_schedulers, sched_cfg["_class_name"]).from_pretrained(directory / "scheduler")
+    name = sched_cfg["_class_name"]  # TDDScheduler / FlowTDDScheduler, or diffusers' LCM/TCD/DDIM/DPM++ schedulers
+    sched_cls = getattr(tdd_schedulers, name, None) or getattr(diffusers, name)
+    pipe.scheduler = sched_cls.from_pretrained(directory / "scheduler")
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 

@@ -35,6 +35,9 @@ def cached_dir(cache_dir: str | Path, kind: str, config: dict[str, Any], build: 
         build(tmp)
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True, default=str))
         (tmp / "DONE").write_text("ok\n")
+        if (target / "DONE").exists():  # another process (e.g. another node on a shared disk) finished first
+            shutil.rmtree(tmp, ignore_errors=True)
+            return target
         if target.exists():  # an incomplete earlier attempt
             shutil.rmtree(target)
         os.replace(tmp, target)
