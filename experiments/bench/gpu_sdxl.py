@@ -3,7 +3,7 @@
 Random weights (nothing downloaded), LoRA rank 64 on the UNet sharing the frozen base with the
 teacher (adapters disabled for teacher calls), bf16. Prints one JSON object as the last line.
 
-    python experiments/bench/gpu_sdxl.py                  # 1024 px (latents 128x128), batch 2
+    python experiments/bench/gpu_sdxl.py                  # 1024 px (latents 128x128), batch 4
     python experiments/bench/gpu_sdxl.py --tiny --device cpu   # a seconds-long check of the script itself
 
 Measured: `step_s` / `peak_mem_gb` of one distillation step (student fwd+bwd, teacher cond+uncond,
@@ -63,7 +63,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--tiny", action="store_true")
     p.add_argument("--device", default="cuda")
-    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--batch", type=int, default=4)  # the issue: batch 4 at 1024 px
     p.add_argument("--reps", type=int, default=5)
     args = p.parse_args()
     device = torch.device(args.device)
