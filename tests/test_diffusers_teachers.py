@@ -338,7 +338,8 @@ def test_webdataset_shards_train_and_skip_corrupt_samples(assets, tmp_path, cach
 def test_bad_inputs_fail_before_compute(assets, tmp_path, cache_dir):
     from .test_train import run_cli
 
-    base = ["-m", "tdd_lab.train", "+experiment=tdd_sdxl", "debug=smoke", f"hydra.run.dir={tmp_path / 'r'}"]
+    base = ["-m", "tdd_lab.train", "+experiment=tdd_sdxl", "debug=smoke", "data.batch_size=4",
+            f"hydra.run.dir={tmp_path / 'r'}"]
     r = run_cli(base + [f"teacher.pretrained={tmp_path / 'missing'}", f"data.root={assets['images']}"], tmp_path, cache_dir)
     assert r.returncode == 2 and "does not exist" in r.stderr and "Traceback" not in r.stderr
     r = run_cli(base + ["teacher.pretrained=no-such-org/no-such-model", f"data.root={assets['images']}"], tmp_path, cache_dir)
