@@ -144,6 +144,22 @@ def test_smoke_train_export_load_in_stock_pipeline(family, assets, tmp_path, cac
     assert ours.shape == (2, 3, 32, 32)
     assert torch.allclose(ours, theirs, atol=1e-5)
 
+    # tdd_lab.evaluate on the run: the exported student, evaluated again at the run's own settings,
+    # reproduces the training-time metric (export and reload lose nothing)
+    from tdd_lab.evaluate import main as evaluate_main
+
+    from omegaconf import OmegaConf
+
+    eta = 0.0  # ode_rmse is measured with deterministic sampling
+    (tmp_path / ".hydra").mkdir(exist_ok=True)  # what `python -m tdd_lab.train` writes; train() in-process does not
+    OmegaConf.save(OmegaConf.create({k: cfg[k] for k in cfg if k != "hydra"}), tmp_path / ".hydra" / "config.yaml",
+                   resolve=True)
+    assert evaluate_main([str(tmp_path), "--steps", "2", "--no-wandb"]) == 0
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    key = next(k for k in saved if k.startswith("eval/ode_rmse@2/"))
+    assert f"eta{eta:g}" in key or "eta0" in key
+    assert saved[key] == pytest.approx(metrics["eval/ode_rmse@2"], rel=1e-3, abs=1e-5)
+
 
 def test_cli_headline_command_on_tiny_sdxl(assets, tmp_path, cache_dir):
     """`python -m tdd_lab.train +experiment=tdd_sdxl teacher.pretrained=DIR data=image_folder data.root=DIR debug=smoke`."""

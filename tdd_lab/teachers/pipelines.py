@@ -76,6 +76,50 @@ class PipelineStudent:
     def is_flow(self) -> bool:
         return self.meta.get("prediction_type") == "flow"
 
+    # -- the tdd_lab model-function view (``tdd_lab.evaluate`` samples it like a training-time student) --------
+    @property
+    def num_ddim_timesteps(self) -> int:
+        return int(self.meta["num_ddim_timesteps"])
+
+    @property
+    def schedule(self):
+        from tdd_lab.schedules import FlowMatchSchedule, VPSchedule
+
+        cfg = dict(self.meta["schedule"])
+        if cfg.pop("kind", "vp") == "flow":
+            return FlowMatchSchedule(cfg["num_train_timesteps"], shift=cfg.get("shift", 1.0), mu=cfg.get("mu"))
+        cfg.pop("prediction_type", None)
+        return VPSchedule(**cfg)
+
+    @property
+    def net(self):
+        """The pipeline's (LoRA-loaded) network behind tdd_lab's denoiser signature."""
+        if "net" not in self.extra:
+            if self.is_flow:
+                from tdd_lab.nets.flux import FluxDenoiser
+
+                model = self.pipeline.transformer
+                embedded = self.extra.get("embedded_guidance") if model.config.get("guidance_embeds") else None
+                self.extra["net"] = FluxDenoiser(model, embedded, self.meta["schedule"]["num_train_timesteps"])
+            else:
+                from tdd_lab.nets.unet import UNetDenoiser
+
+                self.extra["net"] = UNetDenoiser(self.pipeline.unet)
+            self.extra["schedule"] = self.schedule
+        return self.extra["net"]
+
+    @torch.no_grad()
+    def eps_fn(self, x_t, t, cond, timestep_cond=None):
+        """(x0_hat, eps_hat) of the exported student at integer timesteps t (B,): the samplers' model function."""
+        from tdd_lab.prediction import to_x0_eps
+
+        net = self.net
+        sched = self.extra["schedule"]
+        raw = net(x_t, sched.model_time(t), cond, timestep_cond).float()
+        a, s = sched.alpha_sigma(t, x_t.ndim, torch.float32)
+        x0, eps = to_x0_eps(raw, x_t.float(), a, s, self.meta["prediction_type"])
+        return x0.to(x_t.dtype), eps.to(x_t.dtype)
+
     @torch.no_grad()
     def generate(self, prompts: list[str], steps: int, guidance_scale: float, eta: float | None, seed: int) -> torch.Tensor:
         """Images (B, 3, H, W) in [0, 1]; image i uses a generator seeded with ``seed + i``."""
