@@ -146,9 +146,9 @@ def test_smoke_train_export_load_in_stock_pipeline(family, assets, tmp_path, cac
 
     # tdd_lab.evaluate on the run: the exported student, evaluated again at the run's own settings,
     # reproduces the training-time metric (export and reload lose nothing)
-    from tdd_lab.evaluate import main as evaluate_main
-
     from omegaconf import OmegaConf
+
+    from tdd_lab.evaluate import main as evaluate_main
 
     eta = 0.0  # ode_rmse is measured with deterministic sampling
     (tmp_path / ".hydra").mkdir(exist_ok=True)  # what `python -m tdd_lab.train` writes; train() in-process does not
