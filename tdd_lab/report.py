@@ -89,11 +89,6 @@ def build_tables(runs: list[dict], seed_key: str = "seed"):
 
 def plot_vs_steps(groups, out_dir: Path) -> list[Path]:
     """One PNG per metric family ``eval/<m>@K``: mean over seeds against K, one line per setting."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     families = defaultdict(set)
     for vals in groups.values():
         for m in vals:
@@ -103,20 +98,32 @@ def plot_vs_steps(groups, out_dir: Path) -> list[Path]:
     paths = []
     for fam, steps in sorted(families.items()):
         steps = sorted(steps)
-        fig, ax = plt.subplots(figsize=(5, 3.5), dpi=110)
-        for label, vals in groups.items():
-            ys = [statistics.fmean(vals[f"{fam}@{k}"]) if vals.get(f"{fam}@{k}") else float("nan") for k in steps]
-            ax.plot(steps, ys, marker="o", label=label)
-        ax.set_xlabel("sampling steps")
-        ax.set_ylabel(fam)
-        ax.set_xticks(steps)
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        path = out_dir / f"ablation_{fam.replace('/', '_')}.png"
-        fig.savefig(path)
-        plt.close(fig)
-        paths.append(path)
+        lines = {label: (steps, [statistics.fmean(vals[f"{fam}@{k}"]) if vals.get(f"{fam}@{k}") else float("nan")
+                                 for k in steps]) for label, vals in groups.items()}
+        paths.append(line_plot(out_dir / f"ablation_{fam.replace('/', '_')}.png", lines, "sampling steps", fam,
+                               xticks=steps))
     return paths
+
+
+def line_plot(path: Path, lines: dict[str, tuple[list, list]], xlabel: str, ylabel: str, xticks=None) -> Path:
+    """One PNG with a marked line per ``{label: (xs, ys)}``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=110)
+    for label, (xs, ys) in lines.items():
+        ax.plot(xs, ys, marker="o", label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if xticks is not None:
+        ax.set_xticks(xticks)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
 
 
 GRID_KEY = re.compile(r"(?P<metric>eval/[^@]+)@(?P<k>\d+)/(?P<setting>.+)")
@@ -146,27 +153,13 @@ def guidance_curves(groups) -> dict[str, dict[str, dict[float, float]]]:
 
 def plot_vs_guidance(groups, out_dir: Path) -> list[Path]:
     """One PNG per ``eval/<m>@K`` swept over the guidance scale: the metric against the scale, one line per setting."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     paths = []
     for fam, lines in sorted(guidance_curves(groups).items()):
         if max(len(points) for points in lines.values()) < 2:
             continue  # a single guidance scale is no curve
-        fig, ax = plt.subplots(figsize=(5, 3.5), dpi=110)
-        for line, points in lines.items():
-            xs = sorted(points)
-            ax.plot(xs, [points[x] for x in xs], marker="o", label=line)
-        ax.set_xlabel("guidance scale (CFG on the student)")
-        ax.set_ylabel(fam)
-        ax.legend(fontsize=7)
-        fig.tight_layout()
+        xy = {line: (sorted(points), [points[x] for x in sorted(points)]) for line, points in lines.items()}
         path = out_dir / f"ablation_guidance_{fam.replace('/', '_').replace('@', '_at')}.png"
-        fig.savefig(path)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(line_plot(path, xy, "guidance scale (CFG on the student)", fam))
     return paths
 
 

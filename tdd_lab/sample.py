@@ -62,19 +62,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     rec = student.meta.get("recommended", {})
-    if hasattr(student, "pipeline"):
-        return sample_pipeline(args, student, rec)
-    conds = list(args.prompt or [])
-    if args.prompt_file:
-        conds += [ln.strip() for ln in args.prompt_file.read_text().splitlines() if ln.strip()]
-    if args.labels:
-        conds += args.labels
+    pipeline = hasattr(student, "pipeline")
+    conds = requested_conditions(args, labels=not pipeline)
     if not conds:
-        print("error: give --prompt/--prompt-file (digits) or --labels (gmm2d)", file=sys.stderr)
+        what = "--prompt or --prompt-file" if pipeline else "--prompt/--prompt-file (digits) or --labels (gmm2d)"
+        print(f"error: give {what}", file=sys.stderr)
         return 2
-    conds = [c for c in conds for _ in range(args.num_per_prompt)]
-    rec_steps = rec.get("steps") or [4]
-    steps = args.steps or (4 if 4 in rec_steps else rec_steps[0])
+    steps = args.steps or recommended_steps(rec)
+    if pipeline:
+        return sample_pipeline(args, student, rec, conds, steps)
     try:
         sampler = build_sampler(args.sampler, args.eta, rec.get("sampler") or {})
     except (TypeError, ValueError) as e:
@@ -99,19 +95,26 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def sample_pipeline(args: argparse.Namespace, student, rec: dict) -> int:
+def requested_conditions(args: argparse.Namespace, labels: bool = True) -> list:
+    """Prompts (``--prompt``, ``--prompt-file``) and, where they apply, ``--labels``, each ``--num-per-prompt`` times."""
+    conds = list(args.prompt or [])
+    if args.prompt_file:
+        conds += [ln.strip() for ln in args.prompt_file.read_text().splitlines() if ln.strip()]
+    if labels and args.labels:
+        conds += args.labels
+    return [c for c in conds for _ in range(args.num_per_prompt)]
+
+
+def recommended_steps(rec: dict) -> int:
+    """4 if the export recommends it, else its first recommended step count."""
+    rec_steps = rec.get("steps") or [4]
+    return 4 if 4 in rec_steps else rec_steps[0]
+
+
+def sample_pipeline(args: argparse.Namespace, student, rec: dict, prompts: list[str], steps: int) -> int:
     """Prompts -> images with the stock pipeline; writes the PNG grid and a ``.pt`` of the images."""
     from torchvision.utils import save_image
 
-    prompts = list(args.prompt or [])
-    if args.prompt_file:
-        prompts += [ln.strip() for ln in args.prompt_file.read_text().splitlines() if ln.strip()]
-    if not prompts:
-        print("error: give --prompt or --prompt-file", file=sys.stderr)
-        return 2
-    prompts = [p for p in prompts for _ in range(args.num_per_prompt)]
-    rec_steps = rec.get("steps") or [4]
-    steps = args.steps or (4 if 4 in rec_steps else rec_steps[0])
     eta = args.eta if args.eta is not None else (rec.get("sampler") or {}).get("eta")
     scale = args.guidance_scale if args.guidance_scale is not None else float(rec.get("guidance_scale", 1.0))
     images = student.generate(prompts, steps, scale, eta, args.seed)

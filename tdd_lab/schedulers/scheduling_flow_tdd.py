@@ -31,7 +31,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 
-from tdd_lab.schedulers.scheduling_tdd import TDDSchedulerOutput
+from tdd_lab.schedulers.scheduling_tdd import StepIndexMixin, TDDSchedulerOutput
 from tdd_lab.schedules import exponential_time_shift, flow_shift
 from tdd_lab.timesteps import check_grid_size, ddim_grid, equidistant_schedule, nonequidistant_schedule
 from tdd_lab.utils.validation import check_choice, check_range
@@ -43,7 +43,7 @@ def flow_sigma_table(num_train_timesteps: int, shift: float = 1.0, mu: float | N
     return exponential_time_shift(base, mu) if mu is not None else flow_shift(base, shift)
 
 
-class FlowTDDScheduler(SchedulerMixin, ConfigMixin):
+class FlowTDDScheduler(StepIndexMixin, SchedulerMixin, ConfigMixin):
     """Target-Driven Distillation sampler for rectified-flow models (velocity outputs)."""
 
     order = 1
@@ -75,23 +75,6 @@ class FlowTDDScheduler(SchedulerMixin, ConfigMixin):
         self._step_index: int | None = None
         self._begin_index: int | None = None
         self.generator: torch.Generator | None = None  # re-noising source when step() gets none
-
-    @property
-    def step_index(self) -> int | None:
-        return self._step_index
-
-    @property
-    def begin_index(self) -> int | None:
-        return self._begin_index
-
-    def set_begin_index(self, begin_index: int = 0) -> None:
-        self._begin_index = begin_index
-
-    def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
-        return sample
-
-    def __len__(self) -> int:
-        return self.config.num_train_timesteps
 
     def set_timesteps(
         self,

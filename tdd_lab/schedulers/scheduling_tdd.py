@@ -49,7 +49,32 @@ class TDDSchedulerOutput(BaseOutput):
     denoised: torch.Tensor | None = None
 
 
-class TDDScheduler(SchedulerMixin, ConfigMixin):
+class StepIndexMixin:
+    """The diffusers scheduler protocol both TDD schedulers share: step/begin index, identity input scaling."""
+
+    _step_index: int | None
+    _begin_index: int | None
+
+    @property
+    def step_index(self) -> int | None:
+        return self._step_index
+
+    @property
+    def begin_index(self) -> int | None:
+        return self._begin_index
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        """Index of the first timestep (img2img pipelines call this before denoising)."""
+        self._begin_index = begin_index
+
+    def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
+        return sample
+
+    def __len__(self) -> int:
+        return self.config.num_train_timesteps
+
+
+class TDDScheduler(StepIndexMixin, SchedulerMixin, ConfigMixin):
     """Target-Driven Distillation sampler.
 
     Step i at t_i: x0_hat from the model output; optional dynamic thresholding of x0_hat for the
@@ -112,25 +137,6 @@ class TDDScheduler(SchedulerMixin, ConfigMixin):
         self.timesteps = torch.arange(num_train_timesteps - 1, -1, -1, dtype=torch.long)
         self._step_index: int | None = None
         self._begin_index: int | None = None
-
-    # -- diffusers scheduler protocol -------------------------------------------------------------
-    @property
-    def step_index(self) -> int | None:
-        return self._step_index
-
-    @property
-    def begin_index(self) -> int | None:
-        return self._begin_index
-
-    def set_begin_index(self, begin_index: int = 0) -> None:
-        """Index of the first timestep (img2img pipelines call this before denoising)."""
-        self._begin_index = begin_index
-
-    def scale_model_input(self, sample: torch.Tensor, timestep: int | None = None) -> torch.Tensor:
-        return sample
-
-    def __len__(self) -> int:
-        return self.config.num_train_timesteps
 
     def inference_timesteps(self, num_inference_steps: int) -> torch.Tensor:
         """The K-step schedule on the N-point training grid: (K,) int64 descending."""

@@ -21,7 +21,7 @@ from torch import nn
 
 from tdd_lab.guidance.base import Condition, condition_batch_size, map_condition
 from tdd_lab.nets.unet import UNetDenoiser
-from tdd_lab.prediction import PREDICTION_TYPES, to_x0_eps
+from tdd_lab.prediction import to_x0_eps
 from tdd_lab.schedules import FlowMatchSchedule, VPSchedule, calculate_shift
 from tdd_lab.teachers.base import Teacher
 from tdd_lab.utils.tokenizer import check_tokenizer
@@ -147,6 +147,14 @@ class DiffusersTeacher(Teacher):
 
     latent_multiple: int = 1  # latent side must be a multiple of this (FLUX packs 2x2 patches)
 
+    def _setup_vp_unet(self, prediction_type: str | None) -> None:
+        """VP schedule and prediction type from the checkpoint's scheduler config (or the override); the UNet."""
+        sched_cfg = self.pipe.scheduler.config
+        self.schedule = VPSchedule.from_diffusers_config(sched_cfg)
+        self.prediction_type = prediction_type or sched_cfg.get("prediction_type", "epsilon")
+        check_choice("teacher.prediction_type", self.prediction_type, ("epsilon", "v_prediction"))
+        self.net = UNetDenoiser(self.model)
+
     def _load_pipeline(self, local_files_only: bool, vae_pretrained: str | None):
         import diffusers
 
@@ -239,8 +247,7 @@ class DiffusersTeacher(Teacher):
 
     def to(self, device):
         self.device = torch.device(device)
-        for part in ("vae", "model", "text_encoder", "text_encoder_2"):
-            m = getattr(self, part, None) if part in ("vae", "model") else getattr(self.pipe, part, None)
+        for m in (self.vae, self.model, getattr(self.pipe, "text_encoder", None), getattr(self.pipe, "text_encoder_2", None)):
             if m is not None:
                 m.to(device)
         self._prompt_cache = {k: map_condition(lambda x: x.to(device), v) for k, v in self._prompt_cache.items()}
@@ -280,11 +287,14 @@ class DiffusersTeacher(Teacher):
                 self.save_student(factory.export_network(student), directory)
         else:
             self.save_student(student, directory)
-        (directory / "teacher.json").write_text(json.dumps(
-            {"pretrained": self.pretrained, "revision": self.revision, "variant": self.variant,
-             "pipeline_class": self.pipeline_class, "model_attr": self.model_attr, "resolution": self.resolution,
-             "dtype": str(self.dtype).replace("torch.", ""),
-             "lora": None if lora is None else {k: lora[k] for k in ("rank", "alpha")}}, indent=2))
+        info = {**self.export_info(), "lora": None if lora is None else {k: lora[k] for k in ("rank", "alpha")}}
+        (directory / "teacher.json").write_text(json.dumps(info, indent=2))
+
+    def export_info(self) -> dict:
+        """``teacher.json``: which pipeline, weights and settings the student is loaded into."""
+        return {"pretrained": self.pretrained, "revision": self.revision, "variant": self.variant,
+                "pipeline_class": self.pipeline_class, "model_attr": self.model_attr, "resolution": self.resolution,
+                "dtype": str(self.dtype).replace("torch.", "")}
 
     def model_card(self, meta: dict) -> str:
         """A short README for ``student/``: how to load it into the stock pipeline, recommended settings."""
@@ -330,11 +340,7 @@ class StableDiffusionTeacher(DiffusersTeacher):
 
     def __init__(self, pretrained: str, prediction_type: str | None = None, resolution: int = 512, **kwargs):
         super().__init__(pretrained, resolution=resolution, **kwargs)
-        sched_cfg = self.pipe.scheduler.config
-        self.schedule = VPSchedule.from_diffusers_config(sched_cfg)
-        self.prediction_type = prediction_type or sched_cfg.get("prediction_type", "epsilon")
-        check_choice("teacher.prediction_type", self.prediction_type, ("epsilon", "v_prediction"))
-        self.net = UNetDenoiser(self.model)
+        self._setup_vp_unet(prediction_type)
 
     def _encode(self, prompts, batch=None):
         emb, _ = self.pipe.encode_prompt(list(prompts), self._text_device(), 1, False)
@@ -359,12 +365,8 @@ class StableDiffusionXLTeacher(DiffusersTeacher):
 
     def __init__(self, pretrained: str, prediction_type: str | None = None, resolution: int = 1024, **kwargs):
         super().__init__(pretrained, resolution=resolution, **kwargs)
-        sched_cfg = self.pipe.scheduler.config
-        self.schedule = VPSchedule.from_diffusers_config(sched_cfg)
-        self.prediction_type = prediction_type or sched_cfg.get("prediction_type", "epsilon")
-        check_choice("teacher.prediction_type", self.prediction_type, ("epsilon", "v_prediction"))
+        self._setup_vp_unet(prediction_type)
         self.force_zeros = bool(self.pipe.config.get("force_zeros_for_empty_prompt", True))
-        self.net = UNetDenoiser(self.model)
 
     def time_ids(self, batch: dict[str, Any] | None, n: int) -> torch.Tensor:
         """(B, 6): original size (h, w), crop top-left (top, left), target size (h, w)."""
@@ -425,7 +427,6 @@ class FluxTeacher(DiffusersTeacher):
 
         embedded = self.guidance_scale if self.model.config.get("guidance_embeds", False) else None
         self.net = FluxDenoiser(self.model, embedded, self.schedule.num_train_timesteps)
-        assert self.prediction_type in PREDICTION_TYPES
 
     @staticmethod
     def flow_schedule(config, sample_shape) -> FlowMatchSchedule:
@@ -472,9 +473,7 @@ class FluxTeacher(DiffusersTeacher):
                                 use_dynamic_shifting=self.schedule.mu is not None, mu=self.schedule.mu,
                                 tdd_train_step=num_ddim_timesteps, **{k: cfg[k] for k in keys if k in cfg}, **opts)
 
-    def export(self, student, factory, directory, kohya=False, fused=False):
-        super().export(student, factory, directory, kohya=kohya, fused=fused)
-        info = json.loads((directory / "teacher.json").read_text())
-        info["embedded_guidance"] = self.guidance_scale  # FluxPipeline's guidance_scale argument
-        info["max_sequence_length"] = self.max_sequence_length  # T5 padding length of training
-        (directory / "teacher.json").write_text(json.dumps(info, indent=2))
+    def export_info(self) -> dict:
+        return {**super().export_info(),
+                "embedded_guidance": self.guidance_scale,            # FluxPipeline's guidance_scale argument
+                "max_sequence_length": self.max_sequence_length}     # T5 padding length of training

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +66,7 @@ class PipelineStudent:
     meta: dict[str, Any]
     resolution: int
     device: str = "cpu"
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # teacher.json
 
     @classmethod
     def load(cls, directory: Path, meta: dict, device: str = "cpu") -> PipelineStudent:
@@ -81,7 +82,7 @@ class PipelineStudent:
     def num_ddim_timesteps(self) -> int:
         return int(self.meta["num_ddim_timesteps"])
 
-    @property
+    @cached_property
     def schedule(self):
         from tdd_lab.schedules import FlowMatchSchedule, VPSchedule
 
@@ -91,31 +92,26 @@ class PipelineStudent:
         cfg.pop("prediction_type", None)
         return VPSchedule(**cfg)
 
-    @property
+    @cached_property
     def net(self):
         """The pipeline's (LoRA-loaded) network behind tdd_lab's denoiser signature."""
-        if "net" not in self.extra:
-            if self.is_flow:
-                from tdd_lab.nets.flux import FluxDenoiser
+        if self.is_flow:
+            from tdd_lab.nets.flux import FluxDenoiser
 
-                model = self.pipeline.transformer
-                embedded = self.extra.get("embedded_guidance") if model.config.get("guidance_embeds") else None
-                self.extra["net"] = FluxDenoiser(model, embedded, self.meta["schedule"]["num_train_timesteps"])
-            else:
-                from tdd_lab.nets.unet import UNetDenoiser
+            model = self.pipeline.transformer
+            embedded = self.extra.get("embedded_guidance") if model.config.get("guidance_embeds") else None
+            return FluxDenoiser(model, embedded, self.schedule.num_train_timesteps)
+        from tdd_lab.nets.unet import UNetDenoiser
 
-                self.extra["net"] = UNetDenoiser(self.pipeline.unet)
-            self.extra["schedule"] = self.schedule
-        return self.extra["net"]
+        return UNetDenoiser(self.pipeline.unet)
 
     @torch.no_grad()
     def eps_fn(self, x_t, t, cond, timestep_cond=None):
         """(x0_hat, eps_hat) of the exported student at integer timesteps t (B,): the samplers' model function."""
         from tdd_lab.prediction import to_x0_eps
 
-        net = self.net
-        sched = self.extra["schedule"]
-        raw = net(x_t, sched.model_time(t), cond, timestep_cond).float()
+        sched = self.schedule
+        raw = self.net(x_t, sched.model_time(t), cond, timestep_cond).float()
         a, s = sched.alpha_sigma(t, x_t.ndim, torch.float32)
         x0, eps = to_x0_eps(raw, x_t.float(), a, s, self.meta["prediction_type"])
         return x0.to(x_t.dtype), eps.to(x_t.dtype)
