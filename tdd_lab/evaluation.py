@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from tdd_lab.guidance.base import Guidance
+from tdd_lab.guider import Guider
 from tdd_lab.metrics.base import Metrics
 from tdd_lab.samplers.base import Sampler
 from tdd_lab.teachers.base import Teacher
@@ -25,30 +26,17 @@ from tdd_lab.utils.cache import atomic_write_json, config_key, default_cache_dir
 log = logging.getLogger(__name__)
 
 
-def build_evaluator(metrics_cfg) -> Evaluator:
-    """Instantiate ``cfg.metrics``; a missing file (weights, reference, prompts) raises its own FileNotFoundError,
-    not Hydra's wrapper, so the entry points report it as ``error: ...`` before any compute."""
-    import hydra
-    from hydra.errors import InstantiationException
-
-    try:
-        return hydra.utils.instantiate(metrics_cfg)
-    except InstantiationException as e:
-        cause = e
-        while cause.__cause__ is not None:
-            cause = cause.__cause__
-        if isinstance(cause, FileNotFoundError):
-            raise cause from None
-        raise
-
-
 def fixed_noise(n: int, shape: Sequence[int], seed: int) -> torch.Tensor:
     """(n, *shape) noise; row i depends only on ``seed + i``."""
     return torch.stack([torch.randn(tuple(shape), generator=torch.Generator().manual_seed(seed + i)) for i in range(n)])
 
 
 class Evaluator:
-    """Samples student and teacher and computes ``metrics``; keys ``eval/<m>@K`` and ``teacher/<m>@K``."""
+    """Samples student and teacher and computes ``metrics``; keys ``eval/<m>@K`` and ``teacher/<m>@K``.
+
+    The teacher's guidance strength comes from the run's guidance component (``Guidance.teacher_w``):
+    the teacher is sampled with that guider, and the metrics compare against the trajectory it defines.
+    """
 
     def __init__(
         self,
@@ -57,15 +45,14 @@ class Evaluator:
         num_samples: int = 1000,
         batch_size: int = 500,
         seed: int = 0,                     # base of the per-sample seeds
-        teacher_w: float = 3.5,            # teacher CFG, "w + 1" form (the trajectory the student distils)
-        guidance_scale: float = 1.0,       # CFG applied to the student at sampling (standard form; 1 = off)
+        guidance_scale: float = 1.0,       # CFG on the student at sampling (diffusers' convention; 1 = off)
         teacher_steps: int = 50,           # the teacher's reference sampling: DDIM with this many steps
         cache_dir: str | None = None,
         progress: bool = True,
     ):
         self.metrics, self.steps = metrics, [int(k) for k in steps]
         self.num_samples, self.batch_size, self.seed = num_samples, batch_size, seed
-        self.teacher_w, self.guidance_scale, self.teacher_steps = teacher_w, guidance_scale, teacher_steps
+        self.guidance_scale, self.teacher_steps = guidance_scale, teacher_steps
         self.cache_dir, self.progress = cache_dir, progress
 
     def inputs(self, teacher: Teacher) -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,99 +60,97 @@ class Evaluator:
         labels = torch.arange(self.num_samples) % teacher.num_classes
         return noise, labels
 
-    def _generate(self, eps_fn: Callable, teacher: Teacher, sampler: Sampler, k: int, n_ddim: int, guidance_scale: float,
-                  noise, labels, timestep_cond_fn: Callable | None, device) -> torch.Tensor:
+    def _generate(self, denoiser, teacher: Teacher, sampler: Sampler, k: int, guider: Guider, noise, labels,
+                  timestep_cond_fn: Callable | None, device) -> torch.Tensor:
         out = []
         gen = torch.Generator(device=device).manual_seed(self.seed)
-        null = teacher.null_condition(device)
+        conditioner = teacher.conditioner
         for i in range(0, len(noise), self.batch_size):
             z, y = noise[i : i + self.batch_size].to(device), labels[i : i + self.batch_size].to(device)
             tc = timestep_cond_fn(len(z), device) if timestep_cond_fn else None
-            out.append(sampler.sample(eps_fn, z, teacher.conditions(y), null, k, teacher.schedule.diffusers_config(),
-                                      n_ddim, guidance_scale, tc, gen).cpu())
+            cond = conditioner.conditions(y)
+            out.append(sampler.sample(denoiser, z, cond, conditioner.null_like(cond), k, guider, tc, gen).cpu())
         return torch.cat(out)
 
-    def _score(self, prefix: str, k: int, samples, labels, noise, teacher) -> dict[str, float]:
+    def _score(self, prefix: str, k: int, samples, labels, noise, teacher, guider: Guider) -> dict[str, float]:
         """Metrics of one sample set, named ``<prefix>/<metric>@<k>``."""
-        scores = self.metrics.compute(samples, labels, noise, teacher, self.teacher_w)
+        scores = self.metrics.compute(samples, labels, noise, teacher, guider)
         return {f"{prefix}/{name}@{k}": v for name, v in scores.items()}
 
-    def _cache_key(self, teacher: Teacher, sampler_desc, num_ddim_timesteps: int, device, **extra) -> str:
-        describe = getattr(teacher, "describe", lambda: {"class": type(teacher).__name__})
-        return config_key({"teacher": describe(), "sampler": sampler_desc, "n_ddim": num_ddim_timesteps,
-                           "n": self.num_samples, "seed": self.seed, "w": self.teacher_w,
-                           "batch_size": self.batch_size, "device": torch.device(device).type, **extra})
+    def _cache_key(self, teacher: Teacher, guidance: Guidance, sampler: Sampler, device, **extra) -> str:
+        return config_key({"teacher": teacher.describe(), "sampler": sampler.describe(), "n": self.num_samples,
+                           "seed": self.seed, "w": guidance.teacher_w, "batch_size": self.batch_size,
+                           "device": torch.device(device).type, **extra})
 
     @torch.no_grad()
-    def teacher_reference(self, teacher: Teacher, num_ddim_timesteps: int, device="cpu") -> torch.Tensor:
-        """The teacher's own samples (n, ...): ``teacher_steps`` DDIM steps with CFG ``teacher_w + 1`` from the
-        evaluation noise and labels; the reference of ``fid_teacher`` (distillation fidelity). Cached."""
-        key = self._cache_key(teacher, teacher.reference_sampler().describe(), num_ddim_timesteps, device,
-                              steps=self.teacher_steps, v=1)
+    def teacher_reference(self, teacher: Teacher, guidance: Guidance, num_ddim_timesteps: int,
+                          device="cpu") -> torch.Tensor:
+        """The teacher's own samples (n, ...): ``teacher_steps`` steps of its reference sampler (DDIM), guided at the
+        run's ``teacher_w``, from the evaluation noise and labels; the reference of ``fid_teacher``. Cached."""
+        sampler = teacher.reference_sampler(num_ddim_timesteps)
+        key = self._cache_key(teacher, guidance, sampler, device, steps=self.teacher_steps, v=2)
         file = Path(self.cache_dir or default_cache_dir()) / "teacher-reference" / f"{key}.safetensors"
         if file.exists():
             return load_file(str(file))["samples"]
         noise, labels = self.inputs(teacher)
-        eps_fn = lambda x, t, c, tc: teacher.denoise(x, t, c)  # noqa: E731  (x0, eps): flow samplers need both
-        x = self._generate(eps_fn, teacher, teacher.reference_sampler(), self.teacher_steps, num_ddim_timesteps,
-                           self.teacher_w + 1.0, noise, labels, None, device)
+        x = self._generate(teacher.denoiser, teacher, sampler, self.teacher_steps, guidance.teacher_guider(), noise,
+                           labels, None, device)
         file.parent.mkdir(parents=True, exist_ok=True)
         tmp = file.with_name(f".{file.name}.tmp")
         save_file({"samples": x.contiguous()}, str(tmp))
         tmp.replace(file)
         return x
 
-    def _prepare_metrics(self, teacher: Teacher, num_ddim_timesteps: int, device) -> None:
-        """Hand metrics that compare against the teacher (``needs_teacher_samples``) its reference samples."""
-        if getattr(self.metrics, "needs_teacher_samples", False):
-            self.metrics.set_teacher_samples(self.teacher_reference(teacher, num_ddim_timesteps, device), teacher)
+    def _prepare_metrics(self, teacher: Teacher, guidance: Guidance, num_ddim_timesteps: int, device) -> None:
+        """Hand metrics that compare against the teacher's own samples their reference."""
+        if self.metrics.needs_teacher_samples:
+            self.metrics.set_teacher_samples(self.teacher_reference(teacher, guidance, num_ddim_timesteps, device), teacher)
 
     @torch.no_grad()
-    def evaluate_student(self, eps_fn: Callable, teacher: Teacher, guidance: Guidance, sampler: Sampler,
-                         num_ddim_timesteps: int, device="cpu") -> tuple[dict[str, float], dict[int, torch.Tensor]]:
-        """Metrics ``eval/<m>@K`` of the student and its samples per K."""
+    def evaluate_student(self, denoiser, teacher: Teacher, guidance: Guidance, sampler: Sampler,
+                         device="cpu") -> tuple[dict[str, float], dict[int, torch.Tensor]]:
+        """Metrics ``eval/<m>@K`` of the student ``denoiser`` and its samples per K."""
         sampler = sampler.deterministic() if self.metrics.deterministic else sampler
-        self._prepare_metrics(teacher, num_ddim_timesteps, device)
+        self._prepare_metrics(teacher, guidance, sampler.num_ddim_timesteps, device)
         noise, labels = self.inputs(teacher)
-        scale, tc_fn = guidance.student_sampling(self.teacher_w, self.guidance_scale)
+        guider, tc_fn = guidance.student_sampling(self.guidance_scale)
+        reference = guidance.teacher_guider()
         results, samples = {}, {}
         for k in tqdm(self.steps, desc="evaluating student", disable=not self.progress):
-            x = self._generate(eps_fn, teacher, sampler, k, num_ddim_timesteps, scale, noise, labels, tc_fn, device)
+            x = self._generate(denoiser, teacher, sampler, k, guider, noise, labels, tc_fn, device)
             samples[k] = x
-            scores = self._score("eval", k, x, labels, noise, teacher)
+            scores = self._score("eval", k, x, labels, noise, teacher, reference)
             results.update(scores)
             log.info("student %d steps: %s", k, {n: round(v, 4) for n, v in scores.items()})
         return results, samples
 
     @torch.no_grad()
-    def evaluate_teacher(self, teacher: Teacher, sampler: Sampler, num_ddim_timesteps: int,
+    def evaluate_teacher(self, teacher: Teacher, guidance: Guidance, sampler: Sampler,
                          device="cpu") -> tuple[dict[str, float], dict[int, torch.Tensor]]:
-        """``teacher/<m>@K`` with the student's sampler at its step counts and ``teacher/<m>@50`` with DDIM, cached."""
+        """``teacher/<m>@K`` with the student's sampler at its step counts and ``teacher/<m>@50`` with the reference
+        sampler, both guided at ``teacher_w``; cached."""
         sampler = sampler.deterministic() if self.metrics.deterministic else sampler
-        describe = getattr(teacher, "describe", lambda: {"class": type(teacher).__name__})
-        key = config_key({"teacher": describe(), "sampler": sampler.describe(), "n_ddim": num_ddim_timesteps,
-                          "metrics": self.metrics.describe(), "steps": self.steps, "n": self.num_samples,
-                          "seed": self.seed, "w": self.teacher_w, "teacher_steps": self.teacher_steps,
-                          # the re-noising stream of stochastic samplers depends on batching and device
-                          "batch_size": self.batch_size, "device": torch.device(device).type, "v": 2})
+        # the re-noising stream of stochastic samplers depends on batching and device: both are in the key
+        key = self._cache_key(teacher, guidance, sampler, device, metrics=self.metrics.describe(), steps=self.steps,
+                              teacher_steps=self.teacher_steps, v=3)
         cache = Path(self.cache_dir or default_cache_dir()) / "teacher-metrics" / f"{key}.json"
-        noise, labels = self.inputs(teacher)
-        eps_fn = lambda x, t, c, tc: teacher.denoise(x, t, c)  # noqa: E731  (x0, eps): flow samplers need both
-        cfg = self.teacher_w + 1.0  # "w + 1" form -> standard CFG scale
         sample_file = cache.with_suffix(".safetensors")
         if cache.exists() and sample_file.exists():
             loaded = load_file(str(sample_file))
             return json.loads(cache.read_text()), {int(k): v for k, v in loaded.items()}
-        self._prepare_metrics(teacher, num_ddim_timesteps, device)
+        n_ddim = sampler.num_ddim_timesteps
+        self._prepare_metrics(teacher, guidance, n_ddim, device)
+        noise, labels = self.inputs(teacher)
+        guider = guidance.teacher_guider()
         runs = [(k, sampler) for k in self.steps] + [(self.teacher_steps, None)]
         results, samples = {}, {}
         for k, smp in tqdm(runs, desc="evaluating teacher (cached afterwards)", disable=not self.progress):
-            if smp is None:  # the DDIM reference run, shared with teacher_reference (same noise, sampler and CFG)
-                x = self.teacher_reference(teacher, num_ddim_timesteps, device)
+            if smp is None:  # the reference run, shared with teacher_reference (same noise, sampler and guidance)
+                x = self.teacher_reference(teacher, guidance, n_ddim, device)
             else:
-                x = self._generate(eps_fn, teacher, smp, k, num_ddim_timesteps, cfg, noise, labels, None, device)
+                x = self._generate(teacher.denoiser, teacher, smp, k, guider, noise, labels, None, device)
             samples[k] = x
-            results.update(self._score("teacher", k, x, labels, noise, teacher))
+            results.update(self._score("teacher", k, x, labels, noise, teacher, guider))
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = sample_file.with_name(f".{sample_file.name}.tmp")
         save_file({str(k): v.contiguous() for k, v in samples.items()}, str(tmp))

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
 
 import torch
 
-from tdd_lab.utils.validation import build_from_registry, check_range
+from tdd_lab.utils.validation import check_range
 
 
 class DistillationLoss(ABC):
@@ -43,10 +42,3 @@ class PseudoHuberLoss(DistillationLoss):
         d2 = (pred - target) ** 2
         return d2 / (torch.sqrt(d2 + self.huber_c**2) + self.huber_c)
 
-
-LOSSES = {"l2": L2Loss, "huber": PseudoHuberLoss}
-
-
-def build_loss(name: str, **params: Any) -> DistillationLoss:
-    """Instantiate a loss by option name; unknown names/parameters raise ``ValueError``."""
-    return build_from_registry("loss", LOSSES, name, **params)

@@ -6,6 +6,8 @@ import re
 from pathlib import Path
 
 import torch
+from hydra.utils import get_class
+from pytorch_lightning.loggers import WandbLogger
 
 
 def save_sample_grids(directory: Path, teacher, evaluator, student: dict[int, torch.Tensor],
@@ -26,7 +28,7 @@ def log_results(loggers, metrics: dict[str, float], images: dict[str, Path], ste
     """Send metrics (same keys as metrics.json), a per-step table and sample images to the loggers."""
     for lg in loggers:
         lg.log_metrics(metrics)
-        if type(lg).__name__ == "WandbLogger":
+        if isinstance(lg, WandbLogger):
             rows, names = _table_rows(metrics, steps)
             lg.log_table(key="eval/by_steps", columns=["steps", *names], data=rows)
             for key, path in images.items():
@@ -113,7 +115,7 @@ def make_loggers(cfg) -> list:
 
     loggers = []
     for spec in (cfg.get("logger") or {}).values():
-        if not str(spec.get("_target_", "")).endswith("WandbLogger"):
+        if not issubclass(get_class(spec._target_), WandbLogger):
             loggers.append(hydra.utils.instantiate(spec))
             continue
         _finish_wandb()  # a previous job of this process (basic-launcher multirun) must not be reused
@@ -130,5 +132,5 @@ def finish_loggers(loggers, status: str = "success") -> None:
     """Finalize every logger and close the W&B run, so the next job of a multirun starts its own."""
     for lg in loggers:
         lg.finalize(status)
-        if type(lg).__name__ == "WandbLogger":
+        if isinstance(lg, WandbLogger):
             lg.experiment.finish()

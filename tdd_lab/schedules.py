@@ -10,6 +10,10 @@ consistency function, strategies) only sees ``(a_t, s_t)``, so the same code ser
 
 Betas reproduce diffusers' ``DDPMScheduler`` exactly (same float32 ops), so ``alphas_cumprod``
 matches bit for bit; the ``(a, s)`` tables are then kept in float64.
+
+A schedule is an ``nn.Module`` whose ``(a, s)`` tables are (non-persistent) buffers: it lives inside
+the denoisers that use it, so one ``.to(device)`` of the LightningModule moves every table and no
+step copies or checks devices.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 import torch
+
+from torch import nn
 
 from tdd_lab.utils.tensors import gather_per_sample
 from tdd_lab.utils.validation import check_choice, check_int, check_range
@@ -90,40 +96,35 @@ def calculate_shift(
     return image_seq_len * slope + (base_shift - slope * base_seq_len)
 
 
-class NoiseSchedule(ABC):
-    """Per-timestep ``(a_t, s_t)`` tables of a forward process ``x_t = a_t x0 + s_t eps``."""
+class NoiseSchedule(nn.Module, ABC):
+    """Per-timestep ``(a_t, s_t)`` tables of a forward process ``x_t = a_t x0 + s_t eps`` (buffers)."""
 
     kind: str  # "vp" or "flow"
+    alphas: torch.Tensor  # (T,) float64 signal scales a_t (buffer)
+    sigmas: torch.Tensor  # (T,) float64 noise scales s_t (buffer)
 
     def __init__(self, num_train_timesteps: int):
+        super().__init__()
         self.num_train_timesteps = num_train_timesteps
 
-    _alphas: torch.Tensor  # set by subclasses
-    _sigmas: torch.Tensor
+    def _set_tables(self, alphas: torch.Tensor, sigmas: torch.Tensor) -> None:
+        self.register_buffer("alphas", alphas.double(), persistent=False)
+        self.register_buffer("sigmas", sigmas.double(), persistent=False)
 
-    @property
-    def alphas(self) -> torch.Tensor:
-        """Signal scales a_t: (T,) float64."""
-        return self._alphas
-
-    @property
-    def sigmas(self) -> torch.Tensor:
-        """Noise scales s_t: (T,) float64."""
-        return self._sigmas
-
-    def tables(self, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(a, s)`` tables (T,) float64 on ``device``, copied there once (no host-device copy per step)."""
-        cache = self.__dict__.setdefault("_device_tables", {})
-        key = str(torch.device(device))
-        if key not in cache:
-            cache[key] = (self.alphas.to(device), self.sigmas.to(device))
-        return cache[key]
+    def _apply(self, fn, *args, **kwargs):
+        """Moves keep the tables in float64 (a ``.half()`` of the surrounding model must not round them)."""
+        alphas, sigmas = self.alphas, self.sigmas
+        super()._apply(fn, *args, **kwargs)
+        self.alphas, self.sigmas = alphas.to(self.alphas.device), sigmas.to(self.sigmas.device)
+        return self
 
     def alpha_sigma(self, t: torch.Tensor, ndim: int, dtype: torch.dtype = torch.float32):
-        """``(a_t, s_t)`` for integer timesteps ``t`` (B,), each shaped (B, 1, ..., 1) with ``ndim`` dims."""
-        alphas, sigmas = self.tables(t.device)
-        a = gather_per_sample(alphas, t, ndim).to(dtype)
-        s = gather_per_sample(sigmas, t, ndim).to(dtype)
+        """``(a_t, s_t)`` for integer timesteps ``t`` (B,), each shaped (B, 1, ..., 1) with ``ndim`` dims.
+
+        ``t`` lives where the schedule lives (both are placed by the module that owns them).
+        """
+        a = gather_per_sample(self.alphas, t, ndim).to(dtype)
+        s = gather_per_sample(self.sigmas, t, ndim).to(dtype)
         return a, s
 
     def add_noise(self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -134,6 +135,13 @@ class NoiseSchedule(ABC):
     @abstractmethod
     def model_time(self, t: torch.Tensor) -> torch.Tensor:
         """The timestep value a network of this family is called with (integer t, or sigma*T for flow)."""
+
+    @abstractmethod
+    def diffusers_config(self) -> dict:
+        """The settings that rebuild this schedule (diffusers scheduler keys; cache keys and exports)."""
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.diffusers_config().items())
 
 
 class VPSchedule(NoiseSchedule):
@@ -157,8 +165,7 @@ class VPSchedule(NoiseSchedule):
         self.betas = make_betas(num_train_timesteps, beta_start, beta_end, beta_schedule, rescale_betas_zero_snr)
         self.alphas_cumprod = torch.cumprod(1.0 - self.betas, dim=0)  # (T,) float32, as diffusers
         abar = self.alphas_cumprod.double()
-        self._alphas = abar.sqrt()
-        self._sigmas = (1 - abar).sqrt()
+        self._set_tables(abar.sqrt(), (1 - abar).sqrt())
 
     def diffusers_config(self) -> dict:
         """The keys a diffusers VP scheduler needs to reproduce this schedule (epsilon outputs)."""
@@ -198,18 +205,30 @@ class FlowMatchSchedule(NoiseSchedule):
         num_train_timesteps: int = 1000,  # T
         shift: float = 1.0,               # static shift (ignored when mu is given)
         mu: float | None = None,          # dynamic (FLUX) shift parameter
+        dynamic_shift: dict | None = None,  # FLUX's mu rule (base_shift, max_shift, base/max_image_seq_len)
     ):
         super().__init__(num_train_timesteps)
         check_range("shift", shift, 0.0, low_inclusive=False)
         self.shift, self.mu = shift, mu
+        self.dynamic_shift = dict(dynamic_shift or {})  # recorded so samplers at other resolutions recompute mu
         base = torch.from_numpy(np.linspace(1, num_train_timesteps, num_train_timesteps) / num_train_timesteps)
         sig = exponential_time_shift(base, mu) if mu is not None else flow_shift(base, shift)
-        self._sigmas = sig.double()
-        self._alphas = 1.0 - self._sigmas
+        self._set_tables(1.0 - sig.double(), sig.double())
 
     def model_time(self, t: torch.Tensor) -> torch.Tensor:
-        return (self.tables(t.device)[1][t] * self.num_train_timesteps).float()
+        return (self.sigmas[t] * self.num_train_timesteps).float()
 
     def diffusers_config(self) -> dict:
         """What the flow samplers need to rebuild this schedule (``kind`` marks it as flow matching)."""
-        return dict(kind="flow", num_train_timesteps=self.num_train_timesteps, shift=self.shift, mu=self.mu)
+        return dict(kind="flow", num_train_timesteps=self.num_train_timesteps, shift=self.shift, mu=self.mu,
+                    **self.dynamic_shift)
+
+
+def schedule_from_config(config: dict) -> NoiseSchedule:
+    """The schedule recorded by ``diffusers_config()`` (``kind: flow`` marks flow matching)."""
+    cfg = dict(config)
+    cfg.pop("prediction_type", None)
+    if cfg.pop("kind", "vp") == "flow":
+        t, shift, mu = cfg.pop("num_train_timesteps"), cfg.pop("shift", 1.0), cfg.pop("mu", None)
+        return FlowMatchSchedule(t, shift=shift, mu=mu, dynamic_shift=cfg or None)
+    return VPSchedule(**cfg)

@@ -23,6 +23,10 @@ class StudentFactory(ABC):
         """A plain network with the student's function (LoRA merged), for export."""
         return student
 
+    def adapter_config(self, student: nn.Module) -> dict | None:
+        """The adapter settings of a student built by this factory (rank, alpha, ...), None without adapters."""
+        return None
+
 
 class FullStudent(StudentFactory):
     """Every parameter of the network is trained."""
@@ -51,6 +55,7 @@ class LoRAStudent(StudentFactory):
         check_range("student.dropout", dropout, 0.0, 1.0, high_inclusive=False)
         self.rank, self.alpha, self.dropout, self.shares_base = rank, alpha, dropout, share_base
         self.target_modules = list(target_modules) if target_modules else None
+        self._targets_used: list[str] | None = None  # the module names adapted by build()
 
     def _targets(self, net: nn.Module) -> list[str]:
         if self.target_modules:
@@ -71,9 +76,12 @@ class LoRAStudent(StudentFactory):
             p.requires_grad_("lora_" in name)
             if "lora_" in name:
                 p.data = p.data.float()  # adapters train in float32 even on a bf16/fp16 base
-        net.lora_config = {"rank": self.rank, "alpha": self.alpha, "dropout": self.dropout,
-                           "target_modules": targets}
+        self._targets_used = targets
         return net.train()
+
+    def adapter_config(self, student):
+        return {"rank": self.rank, "alpha": self.alpha, "dropout": self.dropout,
+                "target_modules": self._targets_used or self.target_modules}
 
     def export_network(self, student):
         import copy

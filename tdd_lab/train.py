@@ -15,44 +15,35 @@ from typing import Any
 import hydra
 import pytorch_lightning as pl
 import torch
-from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
 from tdd_lab.data.image_folder import DataQualityError
-from tdd_lab.evaluation import build_evaluator
 from tdd_lab.export import export_student
 from tdd_lab.module import DistillationModule, NonFiniteLossError
 from tdd_lab.outputs import finish_loggers, log_results, make_loggers, print_table, save_sample_grids
 from tdd_lab.utils.cache import atomic_write_json
-from tdd_lab.validate import ConfigError, _root_cause, validate_config
+from tdd_lab.validate import Components, ConfigError, instantiate, preflight
 
 log = logging.getLogger(__name__)
 
 
-def build_module(cfg: DictConfig) -> tuple[DistillationModule, Any, Any]:
-    """Instantiate every component from the config and compose the LightningModule."""
-    inst = hydra.utils.instantiate
-    try:  # loading a teacher checks paths, tokenizers and weights: report the cause, not Hydra's wrapper
-        teacher = inst(cfg.teacher)
-    except InstantiationException as e:
-        cause = _root_cause(e)
-        if isinstance(cause, (ValueError, OSError)):
-            raise ConfigError(f"teacher: {cause}") from None
-        raise
+def build_module(cfg: DictConfig, parts: Components) -> tuple[DistillationModule, Any]:
+    """Load the teacher and compose the LightningModule from the pre-flight components; the data module."""
+    teacher = instantiate(cfg.teacher, "teacher")
     module = DistillationModule(
         teacher=teacher,
-        student=inst(cfg.student),
-        target=inst(cfg.target),
-        solver=inst(cfg.solver)(schedule=teacher.schedule),
-        strategy=inst(cfg.strategy),
-        guidance=inst(cfg.guidance),
-        loss=inst(cfg.loss),
-        optimizer=inst(cfg.optimizer),
-        lr_scheduler=inst(cfg.lr_scheduler) if cfg.get("lr_scheduler") else None,
+        student=parts.student,
+        target=parts.target,
+        solver=instantiate(cfg.solver, "solver")(schedule=teacher.schedule),
+        strategy=parts.strategy,
+        guidance=parts.guidance,
+        loss=parts.loss,
+        optimizer=instantiate(cfg.optimizer, "optimizer"),
+        lr_scheduler=instantiate(cfg.lr_scheduler, "lr_scheduler") if cfg.get("lr_scheduler") else None,
         seed=int(cfg.seed),
         **cfg.get("model", {}),
     )
-    return module, inst(cfg.data, teacher=teacher), inst(cfg.sampler)
+    return module, instantiate(cfg.data, "data", teacher=teacher)
 
 
 def resume_path(cfg: DictConfig, out_dir: Path) -> str | None:
@@ -66,11 +57,11 @@ def resume_path(cfg: DictConfig, out_dir: Path) -> str | None:
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, evaluate, log and export; returns the metrics written to ``metrics.json``."""
-    validate_config(cfg)
+    parts = preflight(cfg)  # every cheap component built once, before any weights are read
     pl.seed_everything(cfg.seed, workers=True)
     out_dir = Path(cfg.paths.output_dir)
-    module, datamodule, sampler = build_module(cfg)
-    evaluator = build_evaluator(cfg.metrics)  # before training: missing metric weights/references fail first
+    module, datamodule = build_module(cfg, parts)
+    evaluator, sampler, guidance = parts.evaluator, parts.sampler, parts.guidance
     loggers = make_loggers(cfg)
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
@@ -82,14 +73,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
         return {}
 
     # Lightning's teardown moves the module back to the CPU after fit: evaluate on the training device
+    # (one .to() places student, target, solver grids, schedule tables and the frozen teacher)
     device = trainer.strategy.root_device
-    module.to(device)
-    teacher = module.teacher.to(device)
-    module.eval()
-    n_ddim = module.solver.num_ddim_timesteps
-    student_metrics, student_samples = evaluator.evaluate_student(
-        module.student_denoise, teacher, module.guidance, sampler, n_ddim, device)
-    teacher_metrics, teacher_samples = evaluator.evaluate_teacher(teacher, sampler, n_ddim, device)
+    module.to(device).eval()
+    teacher = module.teacher
+    student_metrics, student_samples = evaluator.evaluate_student(module.student, teacher, guidance, sampler, device)
+    teacher_metrics, teacher_samples = evaluator.evaluate_teacher(teacher, guidance, sampler, device)
     metrics = {**student_metrics, **teacher_metrics, "train/steps": float(trainer.global_step)}
     if "train/loss" in trainer.callback_metrics:
         metrics["train/loss_final"] = float(trainer.callback_metrics["train/loss"])
@@ -98,13 +87,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     images = save_sample_grids(out_dir / "samples", teacher, evaluator, student_samples, teacher_samples)
     log_results(loggers, metrics, images, evaluator.steps)
     if cfg.get("export", True):
-        scale, _ = module.guidance.student_sampling(evaluator.teacher_w, evaluator.guidance_scale)
-        export_student(out_dir / "student", module.student, module.student_factory, teacher, n_ddim,
-                       module.guidance.embedding_dim,
-                       {"sampler": sampler.describe(), "steps": evaluator.steps, "guidance_scale": scale,
-                        "teacher_w": evaluator.teacher_w},
-                       kohya=bool(cfg.get("export_kohya", False)), fused=bool(cfg.get("export_fused", False)),
-                       sampler=sampler)
+        guider, _ = guidance.student_sampling(evaluator.guidance_scale)
+        export_student(out_dir / "student", module.student, module.student_factory, teacher, sampler, guidance,
+                       {"sampler": sampler.describe(), "steps": evaluator.steps, "guidance_scale": guider.guidance_scale},
+                       kohya=bool(cfg.get("export_kohya", False)), fused=bool(cfg.get("export_fused", False)))
     print_table(metrics, evaluator.steps, evaluator.teacher_steps)
     finish_loggers(loggers, "success")
     return metrics

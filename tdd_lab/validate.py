@@ -1,17 +1,23 @@
-"""Validation of a composed config before any model is built: bad input fails fast and clearly.
+"""Pre-flight: build the cheap components once and check the config before any model is built.
 
-``validate_config(cfg)`` instantiates the cheap components (whose constructors check their ranges),
-checks the cross-component constraints and the paths, and raises :class:`ConfigError` whose message
-names the config key and the allowed values. ``python -m tdd_lab.train`` prints it and exits with 2.
+:func:`preflight` instantiates every component whose constructor validates its own ranges (strategy,
+guidance, loss, sampler, student, target, metrics), checks the cross-component constraints and the
+paths, and returns the built components, which ``train`` then uses (nothing is built twice). A bad
+value raises :class:`ConfigError` whose message names the config key and the allowed values;
+``python -m tdd_lab.train`` prints it and exits with 2. :func:`instantiate` is the one place that
+unwraps Hydra's ``InstantiationException`` into the error that caused it.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra.errors import InstantiationException
+from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from tdd_lab.timesteps import check_grid_size
@@ -21,22 +27,32 @@ class ConfigError(ValueError):
     """A config value is invalid; the message names the key."""
 
 
-def _root_cause(e: BaseException) -> BaseException:
+def root_cause(e: BaseException) -> BaseException:
+    """The innermost cause of a chained exception (what Hydra's wrapper hides)."""
     while e.__cause__ is not None:
         e = e.__cause__
     return e
 
 
-def _instantiate(cfg: DictConfig, group: str, **kwargs):
+def instantiate(node: Any, key: str, *args, **kwargs):
+    """``hydra.utils.instantiate(node, *args, **kwargs)``; a failure raises its cause, reported against ``key``.
+
+    A missing file stays a ``FileNotFoundError`` (it names the path); an unknown parameter, an out-of-range
+    value or an unloadable path becomes ``ConfigError("<key>: ...")``.
+    """
     try:
-        return hydra.utils.instantiate(cfg[group], **kwargs)
+        return hydra.utils.instantiate(node, *args, **kwargs)
     except InstantiationException as e:
-        cause = _root_cause(e)
+        cause = root_cause(e)
+        if isinstance(cause, (FileNotFoundError, ConfigError)):
+            raise cause from None
         msg = str(cause)
         if isinstance(cause, TypeError) and "unexpected keyword argument" in msg:
             bad = msg.split("unexpected keyword argument")[-1].strip(" '\"")
-            raise ConfigError(f"{group}: unknown parameter {group}.{bad}") from None
-        raise ConfigError(f"{group}: {msg}") from None
+            raise ConfigError(f"{key}: unknown parameter {key}.{bad}") from None
+        if isinstance(cause, (ValueError, TypeError, OSError)):
+            raise ConfigError(f"{key}: {msg}") from None
+        raise
 
 
 def check_pretrained(value: str, key: str = "teacher.pretrained") -> None:
@@ -62,22 +78,38 @@ def check_pretrained(value: str, key: str = "teacher.pretrained") -> None:
                               "is set; download it first or pass a local folder")
 
 
-def validate_config(cfg: DictConfig) -> None:
-    """Raise :class:`ConfigError` on the first invalid value; builds no model and reads no weights."""
-    for group in ("strategy", "guidance", "loss", "sampler", "student", "target"):
-        if group in cfg and cfg[group] is not None:
-            _instantiate(cfg, group)
+@dataclass
+class Components:
+    """The components built (and thereby validated) before any model: train uses these same objects."""
+
+    strategy: Any
+    guidance: Any
+    loss: Any
+    sampler: Any
+    student: Any
+    target: Any
+    evaluator: Any
+
+
+def preflight(cfg: DictConfig) -> Components:
+    """Build the cheap components and check the config; raises :class:`ConfigError` on the first bad value.
+
+    Reads no model weights (only checks that paths exist), so it takes well under a second.
+    """
     n = int(cfg.solver.get("num_ddim_timesteps", 50))
     t_train = int(cfg.teacher.get("num_train_timesteps", 1000))
     try:
         check_grid_size(t_train, n)
     except ValueError as e:
         raise ConfigError(f"solver: {e}") from None
+    parts = Components(**{g: instantiate(cfg[g], g) for g in ("strategy", "guidance", "loss", "sampler", "student",
+                                                                 "target")},
+                       evaluator=instantiate(cfg.metrics, "metrics"))
     strat = cfg.strategy
     for key in ("num_inference_steps_max", "num_phases"):
         if key in strat and int(strat[key]) > n:
             raise ConfigError(f"strategy.{key}={strat[key]} exceeds solver.num_ddim_timesteps={n}")
-    for k in cfg.metrics.get("steps", []):
+    for k in parts.evaluator.steps:
         if not 1 <= int(k) <= n:
             raise ConfigError(f"metrics.steps: {k} is outside [1, solver.num_ddim_timesteps={n}]")
     if int(cfg.trainer.get("max_steps", 1)) <= 0:
@@ -86,8 +118,11 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError(f"data.batch_size must be > 0, got {cfg.data.batch_size}")
     if cfg.teacher.get("pretrained"):
         check_pretrained(str(cfg.teacher.pretrained))
-    if cfg.get("export_kohya") and str(cfg.teacher.get("_target_", "")).endswith("FluxTeacher"):
-        raise ConfigError("export_kohya: the kohya/A1111 layout is written for UNet models (SD1.5, SDXL), not FLUX")
+    teacher_cls = get_class(cfg.teacher._target_)
+    for fmt in ("kohya", "fused"):
+        if cfg.get(f"export_{fmt}") and fmt not in teacher_cls.export_formats:
+            raise ConfigError(f"export_{fmt}: {teacher_cls.__name__} students are exported as "
+                              f"{', '.join(teacher_cls.export_formats)}; the {fmt} layout is not available")
     root = cfg.data.get("root")
     if root is not None:
         path = Path(str(root)).expanduser()
@@ -112,3 +147,4 @@ def validate_config(cfg: DictConfig) -> None:
     resume = cfg.get("resume")
     if resume not in (None, "auto") and not Path(str(resume)).is_file():
         raise ConfigError(f"resume: checkpoint {str(resume)!r} not found (use a .ckpt path, 'auto' or null)")
+    return parts

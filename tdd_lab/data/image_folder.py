@@ -195,14 +195,14 @@ def encode_dataset(dataset: ImageFolderDataset, teacher, out: Path, batch_size: 
         skipped += batch["skipped"]
         if "pixel_values" not in batch:
             continue
-        x0, cond = teacher.prepare_batch(batch)
+        x0, cond = teacher.conditioner.prepare_batch(batch)
         latents.append(x0.cpu())
         conds.append({k: v.cpu() for k, v in _flatten(cond).items()})
     if not latents:
         raise DataQualityError(f"data.root {str(dataset.root)!r}: none of the {len(dataset)} images is readable")
     tensors = {"latents": torch.cat(latents).contiguous()}
     # text conditions in the dtype the teacher's network computes in (no loss; half the disk for bf16/fp16 teachers)
-    cond_dtype = getattr(teacher, "dtype", torch.float32)
+    cond_dtype = next(teacher.denoiser.parameters()).dtype
     tensors.update({k: torch.cat([c[k] for c in conds]).to(cond_dtype if conds[0][k].is_floating_point() and
                                                            not k.endswith("time_ids") else conds[0][k].dtype).contiguous()
                     for k in conds[0]})
@@ -247,8 +247,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
     def _cache_key(self, dataset: ImageFolderDataset) -> dict:
         files = [(str(p.relative_to(dataset.root)), p.stat().st_size, p.stat().st_mtime_ns) for p in dataset.files]
         captions = [dataset.caption(p) for p in dataset.files]
-        describe = getattr(self.teacher, "describe", lambda: {"class": type(self.teacher).__name__})()
-        describe = {k: v for k, v in describe.items() if k != "eval_prompts"}
+        describe = {k: v for k, v in self.teacher.describe().items() if k != "eval_prompts"}
         return {"teacher": describe, "resolution": self.resolution, "files": files, "captions": captions, "v": 1}
 
     def _latent_cache(self, build: bool) -> Path:

@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-import torch
-
-from tdd_lab.guidance.base import (
-    Guidance,
-    GuidedBatch,
-    condition_batch_size,
-    expand_condition,
-    select_condition,
-)
+from tdd_lab.conditioner import condition_batch_size, select_condition
+from tdd_lab.guidance.base import Guidance, GuidedBatch
+from tdd_lab.guider import guider_for
 from tdd_lab.utils.tensors import uniform
 from tdd_lab.utils.validation import check_range
 
@@ -26,21 +20,19 @@ class DecoupledGuidance(Guidance):
 
     def __init__(
         self,
-        w: float = 3.5,                        # teacher CFG scale, "w + 1" form
+        w: float = 3.5,                        # teacher guidance strength (guidance_scale = 1 + w)
         proportion_empty_prompts: float = 0.2,  # p: probability a sample's condition becomes null
     ):
-        check_range("w", w, 0.0)
-        check_range("proportion_empty_prompts", proportion_empty_prompts, 0.0, 1.0)
+        check_range("guidance.w", w, 0.0)
+        check_range("guidance.proportion_empty_prompts", proportion_empty_prompts, 0.0, 1.0)
         self.w, self.proportion_empty_prompts = w, proportion_empty_prompts
+
+    @property
+    def teacher_w(self) -> float:
+        return float(self.w)
 
     def prepare(self, cond, null, generator=None):
         b, device = condition_batch_size(cond), self._device(cond)
         dropped = uniform((b,), generator, device) < self.proportion_empty_prompts
-        uncond = expand_condition(null, b)
-        return GuidedBatch(
-            cond=select_condition(dropped, uncond, cond),
-            uncond=uncond,
-            w=torch.full((b,), self.w, device=device),
-            w_embedding=None,
-            dropped=dropped,
-        )
+        return GuidedBatch(cond=select_condition(dropped, null, cond), uncond=null, teacher_guider=guider_for(self.w),
+                           w_embedding=None, dropped=dropped)

@@ -6,22 +6,27 @@ from abc import ABC, abstractmethod
 
 import torch
 
+from tdd_lab.guider import Guider
 from tdd_lab.teachers.base import Teacher
 
 
 class Metrics(ABC):
-    """``compute(samples, labels, noise, teacher, w)`` -> {metric name: value} for one sample set."""
+    """``compute(samples, labels, noise, teacher, guider)`` -> {metric name: value} for one sample set."""
 
-    deterministic: bool = False  # True: evaluate with eta = 0 samplers (ODE-error style metrics)
+    deterministic: bool = False          # True: evaluate with eta = 0 samplers (ODE-error style metrics)
+    needs_teacher_samples: bool = False  # True: compares against the teacher's own samples (set_teacher_samples)
 
     @abstractmethod
     def compute(
-        self, samples: torch.Tensor, labels: torch.Tensor, noise: torch.Tensor, teacher: Teacher, w: float
+        self, samples: torch.Tensor, labels: torch.Tensor, noise: torch.Tensor, teacher: Teacher, guider: Guider
     ) -> dict[str, float]:
         """Metrics of ``samples`` (n, ...) generated from ``noise`` (n, ...) for class ``labels`` (n,).
 
-        ``w`` is the teacher CFG scale ("w + 1" form) that defines the reference trajectory.
+        ``guider`` is the teacher's guider (strength ``guider.w``) that defines the reference trajectory.
         """
+
+    def set_teacher_samples(self, samples: torch.Tensor, teacher: Teacher | None = None) -> None:
+        """The teacher's own samples from the evaluation noise (metrics with ``needs_teacher_samples``)."""
 
     def describe(self) -> dict:
         return {"class": type(self).__name__, **{k: v for k, v in vars(self).items() if not k.startswith("_")}}

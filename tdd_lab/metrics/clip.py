@@ -91,7 +91,7 @@ class CLIPScore(Metrics):
                              "lines (line y is the prompt of label y)")
         return [self.prompts[y] for y in labels]
 
-    def compute(self, samples, labels, noise, teacher, w):
+    def compute(self, samples, labels, noise, teacher, guider):
         image_emb = self.embed_images(to_uint8_images(samples, teacher))  # (n, E)
         text_emb = self.embed_texts(self.prompts_for(labels))             # (n, E)
         cos = (image_emb * text_emb).sum(-1)

@@ -22,7 +22,7 @@ class DigitsMetrics(Metrics):
             self._classifier = load_digit_classifier(self.cache_dir, self.classifier_seed, self.classifier_epochs)
 
     @torch.no_grad()
-    def compute(self, samples, labels, noise, teacher, w):
+    def compute(self, samples, labels, noise, teacher, guider):
         from torchmetrics.image.fid import FrechetInceptionDistance
 
         self._setup()

@@ -104,12 +104,12 @@ _decoded: dict = {}  # the last decoded sample set: the metrics of a suite share
 def to_uint8_images(samples: torch.Tensor, teacher=None, batch_size: int = 16) -> torch.Tensor:
     """Samples -> (B, 3, H, W) uint8 images, quantised as a saved PNG would be.
 
-    Latent teachers (``decode_latents(latents) -> (B, 3, H, W) in [-1, 1]``, or ``decode``) are decoded
-    ``batch_size`` at a time; otherwise the samples are images in [-1, 1]. One channel is repeated to RGB.
+    With a teacher, samples go through ``teacher.decode`` (latents -> (B, 3, H, W) in [-1, 1]; the identity for
+    pixel teachers) ``batch_size`` at a time; without one they are images in [-1, 1]. One channel is repeated to RGB.
     """
     x = samples.detach()
-    decode = getattr(teacher, "decode_latents", None) or getattr(teacher, "decode", None)
-    if callable(decode):
+    decode = None if teacher is None else teacher.decode
+    if decode is not None:
         # the same tensor object (held here, so its memory is not reused), unmodified, and the same teacher
         if not (_decoded.get("samples") is samples and _decoded.get("version") == samples._version
                 and _decoded.get("teacher") is teacher):
@@ -120,7 +120,7 @@ def to_uint8_images(samples: torch.Tensor, teacher=None, batch_size: int = 16) -
         x = _decoded["images"]
     if x.ndim != 4 or x.shape[1] not in (1, 3):
         raise ValueError(f"image metrics need (B, 1 or 3, H, W) images in [-1, 1], got shape {tuple(x.shape)}; "
-                         "a latent teacher must provide decode_latents(samples)")
+                         "a latent teacher decodes them (Teacher.decode)")
     x = ((x.float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return x.expand(-1, 3, -1, -1).contiguous() if x.shape[1] == 1 else x
 

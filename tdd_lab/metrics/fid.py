@@ -134,7 +134,7 @@ class CleanFID(_FeatureMetric):
         return batched_features(self._extractor, to_uint8_images(samples, teacher), self.batch_size)
 
     @torch.no_grad()
-    def compute(self, samples, labels, noise, teacher, w):
+    def compute(self, samples, labels, noise, teacher, guider):
         from cleanfid.fid import frechet_distance
 
         mu, sigma = gaussian_stats(self.sample_features(samples, teacher))
@@ -175,7 +175,7 @@ class _TorchmetricsMetric(_FeatureMetric):
         return self._metric
 
     @torch.no_grad()
-    def compute(self, samples, labels, noise, teacher, w):
+    def compute(self, samples, labels, noise, teacher, guider):
         images = to_uint8_images(samples, teacher)
         metric = self._ready_metric(len(images))
         for i in range(0, len(images), self.batch_size):

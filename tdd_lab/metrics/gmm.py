@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from tdd_lab.metrics.base import Metrics
+from tdd_lab.utils.cache import config_key, tensor_fingerprint
 
 
 def sliced_wasserstein(x: torch.Tensor, y: torch.Tensor, num_projections: int = 256, seed: int = 0) -> float:
@@ -28,15 +29,17 @@ class GMMMetrics(Metrics):
         self._ref_key = None
         self._ref = None
 
-    def reference(self, noise, labels, teacher, w):
-        key = (noise.data_ptr(), noise.shape, w)
+    def reference(self, noise, labels, teacher, guider):
+        """The exact guided ODE endpoints of ``noise`` (cached on the content of noise, labels, w and teacher)."""
+        w = float(guider.w)
+        key = tensor_fingerprint(noise, labels) + config_key({"w": w, "teacher": teacher.describe(), "n": self.ode_steps})
         if self._ref_key != key:
             t_max = teacher.schedule.num_train_timesteps - 1
             self._ref = teacher.ode_endpoint(noise.double().cpu(), t_max, labels.cpu(), w=w, num_steps=self.ode_steps)
             self._ref_key = key
         return self._ref
 
-    def compute(self, samples, labels, noise, teacher, w):
-        ref = self.reference(noise, labels, teacher, w)
+    def compute(self, samples, labels, noise, teacher, guider):
+        ref = self.reference(noise, labels, teacher, guider)
         x = samples.detach().double().cpu()
         return {"ode_error": float((x - ref).norm(dim=1).mean()), "swd": sliced_wasserstein(x, ref)}

@@ -11,35 +11,34 @@ from __future__ import annotations
 
 import torch
 
-from tdd_lab.guidance.base import cfg_combine, concat_conditions
+from tdd_lab.guider import Guider
 from tdd_lab.metrics.base import Metrics
+from tdd_lab.prediction import consistency_function
+from tdd_lab.utils.cache import config_key, tensor_fingerprint
 
 
 @torch.no_grad()
-def teacher_ode_endpoint(teacher, noise: torch.Tensor, labels: torch.Tensor, w: float, num_steps: int,
+def teacher_ode_endpoint(teacher, guider: Guider, noise: torch.Tensor, labels: torch.Tensor, num_steps: int,
                          batch_size: int = 16) -> torch.Tensor:
-    """Guided teacher ODE from x_T = noise (n, C, H, W) to t = 0 on ``num_steps`` equidistant steps ("w + 1" CFG)."""
+    """Guided teacher ODE from x_T = noise (n, C, H, W) to t = 0 on ``num_steps`` equidistant steps."""
     sched = teacher.schedule
     t_max = sched.num_train_timesteps - 1
     ts = torch.linspace(t_max, 0, num_steps + 1).round().long()          # (num_steps + 1,)
-    device = getattr(teacher, "device", "cpu")
+    device = teacher.device
     out = []
     for i in range(0, len(noise), batch_size):
         x = noise[i : i + batch_size].to(device).float()
         b = len(x)
-        cond = teacher.conditions(labels[i : i + batch_size].to(device))
-        uncond = teacher.null_like(cond)
+        cond = teacher.conditioner.conditions(labels[i : i + batch_size].to(device))
+        uncond = teacher.conditioner.null_like(cond)
         for t, t_next in zip(ts[:-1].tolist(), ts[1:].tolist()):
-            tb = torch.full((2 * b,), t, device=device, dtype=torch.long)
-            x0, eps = teacher.denoise(torch.cat([x, x]), tb, concat_conditions(cond, uncond))
-            (x0_c, x0_u), (e_c, e_u) = x0.chunk(2), eps.chunk(2)
-            wt = torch.full((b,), float(w), device=device)
-            x0_w, eps_w = cfg_combine(x0_c, x0_u, wt), cfg_combine(e_c, e_u, wt)
+            tb = torch.full((b,), t, device=device, dtype=torch.long)
+            x0_w, eps_w = guider(teacher.denoiser, x, tb, cond, uncond)
             if t_next == 0 and t == ts[-2].item():
                 x = x0_w
             else:
                 a, s = sched.alpha_sigma(torch.full((b,), t_next, device=device, dtype=torch.long), x.ndim)
-                x = a * x0_w + s * eps_w
+                x = consistency_function(x0_w, eps_w, a, s)
         out.append(x.cpu())
     return torch.cat(out)
 
@@ -54,15 +53,16 @@ class LatentODEMetrics(Metrics):
         self._ref_key = None
         self._ref = None
 
-    def reference(self, noise, labels, teacher, w) -> torch.Tensor:
-        key = (tuple(noise.shape), float(noise.double().sum()), tuple(labels.tolist()), float(w))
+    def reference(self, noise, labels, teacher, guider) -> torch.Tensor:
+        """Cached on the content of noise and labels, the guider's strength and the teacher's description."""
+        key = tensor_fingerprint(noise, labels) + config_key({"guider": repr(guider), "teacher": teacher.describe(),
+                                                              "steps": self.ode_steps})
         if self._ref_key != key:
-            self._ref = teacher_ode_endpoint(teacher, noise, labels, w, self.ode_steps, self.batch_size)
+            self._ref = teacher_ode_endpoint(teacher, guider, noise, labels, self.ode_steps, self.batch_size)
             self._ref_key = key
         return self._ref
 
-    def compute(self, samples, labels, noise, teacher, w):
-        ref = self.reference(noise, labels, teacher, w)
+    def compute(self, samples, labels, noise, teacher, guider):
+        ref = self.reference(noise, labels, teacher, guider)
         d = (samples.detach().float().cpu() - ref).flatten(1)
         return {"ode_rmse": float(d.pow(2).mean(1).sqrt().mean())}
-

@@ -16,7 +16,7 @@ class MetricSuite(Metrics):
         if not self._members:
             raise ValueError("MetricSuite needs at least one member")
         self.deterministic = any(m.deterministic for m in self._members)
-        self.needs_teacher_samples = any(getattr(m, "needs_teacher_samples", False) for m in self._members)
+        self.needs_teacher_samples = any(m.needs_teacher_samples for m in self._members)
 
     @property
     def members(self) -> list[Metrics]:
@@ -24,13 +24,13 @@ class MetricSuite(Metrics):
 
     def set_teacher_samples(self, samples, teacher=None) -> None:
         for m in self._members:
-            if getattr(m, "needs_teacher_samples", False):
+            if m.needs_teacher_samples:
                 m.set_teacher_samples(samples, teacher)
 
-    def compute(self, samples, labels, noise, teacher, w):
+    def compute(self, samples, labels, noise, teacher, guider):
         out: dict[str, float] = {}
         for m in self._members:
-            scores = m.compute(samples, labels, noise, teacher, w)
+            scores = m.compute(samples, labels, noise, teacher, guider)
             clash = set(scores) & set(out)
             if clash:
                 raise ValueError(f"MetricSuite: metric name {sorted(clash)[0]!r} produced twice; set a member's name")

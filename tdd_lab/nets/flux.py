@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tdd_lab.guidance.base import map_condition
+from tdd_lab.conditioner import map_condition
 
 
 def pack_latents(x: torch.Tensor) -> torch.Tensor:

@@ -24,14 +24,16 @@ class TDDSampler(Sampler):
         special_jump: bool = False,              # published tables for N = 250, K = 5, 6, 7
         thresholding: bool = False,              # dynamic x0 clipping ...
         t_l: int = -1,                           # ... on steps 0..t_l (-1: none)
+        num_ddim_timesteps: int = 50,            # N of training: the grid the timesteps are taken from
     ):
+        super().__init__(num_ddim_timesteps)
         self.eta = _check_eta(eta)
         check_choice("sampler.timestep_schedule", timestep_schedule, ("equidistant", "nonequidistant"))
         self.timestep_schedule, self.special_jump = timestep_schedule, special_jump
         self.thresholding, self.t_l = thresholding, t_l
 
-    def make_scheduler(self, schedule_config, num_ddim_timesteps):
-        return TDDScheduler(**schedule_config, tdd_train_step=num_ddim_timesteps,
+    def make_scheduler(self, schedule_config):
+        return TDDScheduler(**schedule_config, tdd_train_step=self.num_ddim_timesteps,
                             timestep_schedule=self.timestep_schedule, special_jump=self.special_jump,
                             thresholding=self.thresholding, t_l=self.t_l)
 
@@ -40,25 +42,35 @@ class TDDSampler(Sampler):
 
 
 class LCMSampler(Sampler):
-    """Multistep consistency sampling (Luo et al. 2023, Alg. 1) with diffusers' ``LCMScheduler``."""
+    """Multistep consistency sampling (Luo et al. 2023, Alg. 1) with diffusers' ``LCMScheduler``.
 
-    def make_scheduler(self, schedule_config, num_ddim_timesteps):
+    ``timestep_scaling`` must be the LCM strategy's (the boundary scalings the student was trained with);
+    the config interpolates it from ``strategy.timestep_scaling``.
+    """
+
+    def __init__(self, timestep_scaling: float = 10.0, num_ddim_timesteps: int = 50):
+        super().__init__(num_ddim_timesteps)
+        check_range("sampler.timestep_scaling", timestep_scaling, 0.0, low_inclusive=False)
+        self.timestep_scaling = timestep_scaling
+
+    def make_scheduler(self, schedule_config):
         from diffusers import LCMScheduler
 
-        return LCMScheduler(**schedule_config, original_inference_steps=num_ddim_timesteps, timestep_scaling=10.0,
-                            set_alpha_to_one=True, clip_sample=False)
+        return LCMScheduler(**schedule_config, original_inference_steps=self.num_ddim_timesteps,
+                            timestep_scaling=self.timestep_scaling, set_alpha_to_one=True, clip_sample=False)
 
 
 class TCDSampler(Sampler):
     """Strategic stochastic sampling (Zheng et al. 2024) with diffusers' ``TCDScheduler``."""
 
-    def __init__(self, eta: float = 0.3):  # gamma
+    def __init__(self, eta: float = 0.3, num_ddim_timesteps: int = 50):  # eta: gamma
+        super().__init__(num_ddim_timesteps)
         self.eta = _check_eta(eta)
 
-    def make_scheduler(self, schedule_config, num_ddim_timesteps):
+    def make_scheduler(self, schedule_config):
         from diffusers import TCDScheduler
 
-        return TCDScheduler(**schedule_config, original_inference_steps=num_ddim_timesteps, clip_sample=False)
+        return TCDScheduler(**schedule_config, original_inference_steps=self.num_ddim_timesteps, clip_sample=False)
 
     def step_kwargs(self, generator):
         return {"eta": self.eta, "generator": generator}
@@ -67,12 +79,13 @@ class TCDSampler(Sampler):
 class DDIMSampler(Sampler):
     """DDIM (Song et al. 2021) with trailing timestep spacing, ending at x0."""
 
-    def __init__(self, eta: float = 0.0, timestep_spacing: str = "trailing"):
+    def __init__(self, eta: float = 0.0, timestep_spacing: str = "trailing", num_ddim_timesteps: int = 50):
+        super().__init__(num_ddim_timesteps)
         self.eta = _check_eta(eta)
         check_choice("sampler.timestep_spacing", timestep_spacing, ("trailing", "leading", "linspace"))
         self.timestep_spacing = timestep_spacing
 
-    def make_scheduler(self, schedule_config, num_ddim_timesteps):
+    def make_scheduler(self, schedule_config):
         from diffusers import DDIMScheduler
 
         return DDIMScheduler(**schedule_config, timestep_spacing=self.timestep_spacing, set_alpha_to_one=True,
@@ -85,11 +98,12 @@ class DDIMSampler(Sampler):
 class DPMppSampler(Sampler):
     """DPM-Solver++ multistep (Lu et al. 2022) with trailing spacing and a zero final sigma."""
 
-    def __init__(self, solver_order: int = 2):
+    def __init__(self, solver_order: int = 2, num_ddim_timesteps: int = 50):
+        super().__init__(num_ddim_timesteps)
         check_int("sampler.solver_order", solver_order, 1, 3)
         self.solver_order = solver_order
 
-    def make_scheduler(self, schedule_config, num_ddim_timesteps):
+    def make_scheduler(self, schedule_config):
         from diffusers import DPMSolverMultistepScheduler
 
         return DPMSolverMultistepScheduler(**schedule_config, algorithm_type="dpmsolver++",
@@ -103,25 +117,29 @@ class FlowTDDSampler(Sampler):
     Needs a model function returning (x0_hat, eps_hat); the scheduler takes the velocity eps - x0.
     """
 
-    def __init__(self, eta: float = 0.2, timestep_schedule: str = "equidistant"):
+    def __init__(self, eta: float = 0.2, timestep_schedule: str = "equidistant", num_ddim_timesteps: int = 50):
+        super().__init__(num_ddim_timesteps)
         self.eta = _check_eta(eta)
         check_choice("sampler.timestep_schedule", timestep_schedule, ("equidistant", "nonequidistant"))
         self.timestep_schedule = timestep_schedule
 
-    def make_scheduler(self, schedule_config, num_ddim_timesteps):
+    def make_scheduler(self, schedule_config):
         from tdd_lab.schedulers import FlowTDDScheduler
 
         if schedule_config.get("kind") != "flow":
             raise ValueError("sampler 'flow_tdd' needs a flow-matching teacher (FLUX); use 'tdd' for VP teachers")
+        rule = {k: schedule_config[k] for k in ("base_shift", "max_shift", "base_image_seq_len", "max_image_seq_len")
+                if k in schedule_config}  # FluxPipeline recomputes mu at other resolutions from these
         return FlowTDDScheduler(num_train_timesteps=schedule_config["num_train_timesteps"],
                                 shift=schedule_config.get("shift", 1.0), mu=schedule_config.get("mu"),
                                 use_dynamic_shifting=schedule_config.get("mu") is not None,
-                                tdd_train_step=num_ddim_timesteps, eta=self.eta,
-                                timestep_schedule=self.timestep_schedule)
+                                tdd_train_step=self.num_ddim_timesteps, eta=self.eta,
+                                timestep_schedule=self.timestep_schedule, **rule)
+
+    def network_timesteps(self, scheduler):
+        return scheduler.grid_timesteps  # ``timesteps`` holds sigma * T (what FluxPipeline feeds the transformer)
 
     def model_output(self, x0, eps):
-        if x0 is None:
-            raise ValueError("FlowTDDSampler needs a model function that returns (x0_hat, eps_hat)")
         return eps - x0  # velocity
 
     def step_kwargs(self, generator):

@@ -4,6 +4,4 @@ from tdd_lab.solvers.base import TeacherSolver
 from tdd_lab.solvers.ddim import DDIMSolver
 from tdd_lab.solvers.euler import FlowEulerSolver
 
-SOLVERS = {"ddim": DDIMSolver, "euler": FlowEulerSolver}
-
-__all__ = ["SOLVERS", "DDIMSolver", "FlowEulerSolver", "TeacherSolver"]
+__all__ = ["DDIMSolver", "FlowEulerSolver", "TeacherSolver"]

@@ -5,20 +5,30 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 
 import torch
+from torch import nn
 
 from tdd_lab.schedules import NoiseSchedule
 from tdd_lab.timesteps import ddim_grid
 
 
-class TeacherSolver(ABC):
-    """Owns the teacher grid tau (N points) and moves a sample one grid step t -> t' = max(t - k, 0)."""
+class TeacherSolver(nn.Module, ABC):
+    """Owns the teacher grid tau (N points) and moves a sample one grid step t -> t' = max(t - k, 0).
+
+    The grids are (non-persistent) buffers and the schedule a submodule: the solver lives inside the
+    LightningModule, so its ``.to(device)`` places them once.
+    """
+
+    grid: torch.Tensor       # (N,) tau_1..tau_N
+    grid_prev: torch.Tensor  # (N,) t' = max(tau - k, 0) for each tau
 
     def __init__(self, schedule: NoiseSchedule, num_ddim_timesteps: int = 50):
+        super().__init__()
         self.schedule = schedule
         self.num_ddim_timesteps = num_ddim_timesteps
-        self.grid = ddim_grid(schedule.num_train_timesteps, num_ddim_timesteps)  # (N,) tau_1..tau_N
+        grid = ddim_grid(schedule.num_train_timesteps, num_ddim_timesteps)
         self.step_ratio = schedule.num_train_timesteps // num_ddim_timesteps  # k
-        self.grid_prev = torch.clamp(self.grid - self.step_ratio, min=0)  # (N,) t' for each tau
+        self.register_buffer("grid", grid, persistent=False)
+        self.register_buffer("grid_prev", torch.clamp(grid - self.step_ratio, min=0), persistent=False)
 
     def sample_start(
         self, batch_size: int, generator: torch.Generator | None = None, device: torch.device | str = "cpu"
@@ -26,8 +36,8 @@ class TeacherSolver(ABC):
         """Draw n ~ U{0..N-1} per sample; return (t, t') = (tau_n, max(tau_n - k, 0)), each (B,) int64."""
         gen_device = generator.device if generator is not None else device
         n = torch.randint(0, self.num_ddim_timesteps, (batch_size,), generator=generator, device=gen_device)
-        n = n.to(device)
-        return self.grid.to(device)[n], self.grid_prev.to(device)[n]
+        n = n.to(self.grid.device)
+        return self.grid[n].to(device), self.grid_prev[n].to(device)
 
     @abstractmethod
     def step(

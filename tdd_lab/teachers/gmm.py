@@ -12,16 +12,17 @@ every schedule (the DDIM ODE, Song et al. 2021, eq. 14); we solve it with RK4 in
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
-from tqdm.auto import tqdm
 
+from tdd_lab.conditioner import LabelConditioner
+from tdd_lab.denoiser import Denoiser
+from tdd_lab.guider import cfg_combine
 from tdd_lab.nets.mlp import MLPDenoiser
 from tdd_lab.schedules import NoiseSchedule, VPSchedule
 from tdd_lab.teachers.base import Teacher
@@ -198,15 +199,29 @@ def save_scatter(samples: torch.Tensor, labels, path: Path, reference: torch.Ten
     plt.close(fig)
 
 
+class ExactMixtureNet(nn.Module):
+    """The exact posterior mean E[x0 | x_t, class] as a "network" with ``sample`` (x0) outputs.
+
+    ``net(x_t (B, d), t (B,) integer model time, labels (B,), timestep_cond) -> x0 (B, d)``; the
+    :class:`~tdd_lab.denoiser.Denoiser` around it turns x0 into (x0, eps) in float64.
+    """
+
+    def __init__(self, mixture: GaussianMixture, schedule: NoiseSchedule):
+        super().__init__()
+        self.mixture, self.schedule = mixture, schedule
+
+    def forward(self, x_t, t, cond, timestep_cond=None):
+        a, s = self.schedule.alpha_sigma(t.long(), x_t.ndim, torch.float64)
+        return self.mixture.denoise(x_t, a, s, cond)
+
+
 class GMMTeacher(Teacher):
     """The Gaussian mixture as a prompt-conditional teacher on a discrete schedule.
 
     Conditions are class labels (B,) int64; the null condition is ``NULL_LABEL``. The student
     starts from an MLP regressed onto the exact denoiser (the analogue of copying a network
-    teacher's weights), fitted once and cached.
+    teacher's weights), fitted once and cached (:func:`tdd_lab.pretrain.fit_gmm_student_init`).
     """
-
-    prediction_type = "epsilon"
 
     def __init__(
         self,
@@ -222,23 +237,15 @@ class GMMTeacher(Teacher):
         depth: int = 4,                          # student MLP residual blocks
         seed: int = 0,
     ):
+        super().__init__()
         self.mixture = mixture if mixture is not None else GaussianMixture.ring(num_components, num_classes, radius, std)
-        self.schedule = schedule if schedule is not None else VPSchedule()
+        schedule = schedule if schedule is not None else VPSchedule()
         self.num_classes = self.mixture.num_classes
         self.sample_shape = (self.mixture.dim,)
+        self.conditioner = LabelConditioner(self.num_classes, NULL_LABEL)
+        self.denoiser = Denoiser(ExactMixtureNet(self.mixture, schedule), schedule, "sample", compute_dtype=torch.float64)
         self.cache_dir, self.init_steps, self.seed = cache_dir, init_steps, seed
         self.net_config = dict(dim=self.mixture.dim, num_classes=self.num_classes, hidden=hidden, depth=depth)
-
-    def conditions(self, labels):
-        return labels.long()
-
-    def null_condition(self, device="cpu"):
-        return torch.tensor([NULL_LABEL], device=device)
-
-    def denoise(self, x_t, t, cond):
-        a, s = self.schedule.alpha_sigma(t, x_t.ndim, torch.float64)
-        x0 = self.mixture.denoise(x_t, a, s, cond)
-        return x0, ((x_t.double() - a * x0.double()) / s).to(x_t.dtype)
 
     def save_samples(self, samples, labels, path):
         save_scatter(samples, labels, path)
@@ -254,59 +261,34 @@ class GMMTeacher(Teacher):
 
         The exact teacher has no network, so there are no weights to share (``share_weights`` is ignored).
         """
+        from tdd_lab.pretrain import fit_gmm_student_init
+
         key = {**self.describe(), "net": self.net_config, "steps": self.init_steps, "seed": self.seed, "v": 1}
-        path = cached_dir(self.cache_dir or default_cache_dir(), "gmm-student-init", key, self._fit_student_init)
+        path = cached_dir(self.cache_dir or default_cache_dir(), "gmm-student-init", key,
+                          lambda out: fit_gmm_student_init(out, self, self.net_config, self.init_steps, self.seed))
         net = MLPDenoiser(**self.net_config)
         net.load_state_dict(load_file(str(path / "mlp.safetensors")))
-        return net.train()
+        return net.to(self.device).train()
 
-    @torch.enable_grad()  # may be reached from no_grad evaluation code
-    def _fit_student_init(self, out: Path) -> None:
-        torch.manual_seed(self.seed)
-        gen = torch.Generator().manual_seed(self.seed)
-        net = MLPDenoiser(**self.net_config)
-        opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, self.init_steps)
-        for _ in tqdm(range(self.init_steps), desc="fitting gmm2d student init", mininterval=2.0):
-            x0, labels = self.mixture.sample(512, generator=gen)
-            labels = torch.where(torch.rand(512, generator=gen) < 0.1, NULL_LABEL, labels)
-            t = torch.randint(0, self.schedule.num_train_timesteps, (512,), generator=gen)
-            x_t = self.schedule.add_noise(x0.float(), torch.randn(512, self.mixture.dim, generator=gen), t)
-            _, eps = self.denoise(x_t, t, labels)
-            loss = torch.nn.functional.mse_loss(net(x_t, self.schedule.model_time(t), labels), eps)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-        save_file(net.state_dict(), str(out / "mlp.safetensors"))
+    def student_denoiser(self, net: nn.Module) -> Denoiser:
+        """The MLP student predicts epsilon (the teacher itself is exact: x0 outputs in float64)."""
+        return Denoiser(net, self.schedule, "epsilon")
 
-    def save_student(self, net: nn.Module, directory: Path) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(directory / "mlp.safetensors"))
-        (directory / "gmm_teacher.json").write_text(json.dumps({**self.describe(), "net": net.config}, indent=2))
+    def exporter(self):
+        from tdd_lab.export.native import MLPExporter
 
-    @staticmethod
-    def load_student(directory: Path, meta: dict, device="cpu") -> dict:
-        """Network and label conditioning of an exported gmm2d student (see ``tdd_lab.export``)."""
-        info = json.loads((directory / "gmm_teacher.json").read_text())
-        net = MLPDenoiser(**info["net"])
-        net.load_state_dict(load_file(str(directory / "mlp.safetensors")))
-
-        def encode(labels) -> torch.Tensor:
-            return torch.as_tensor([int(x) for x in labels], device=device)
-
-        return {"net": net.to(device).eval(), "encode": encode, "null": torch.tensor([NULL_LABEL], device=device),
-                "save_samples": save_scatter}
+        return MLPExporter(self.describe())
 
     def guided_eps_fn(self, labels: torch.Tensor | None, w: float = 0.0):
-        """eps(x, a, s) of the CFG-guided teacher, "w + 1" form: eps_c + w (eps_c - eps_u)."""
+        """eps(x, a, s) of the CFG-guided teacher at continuous scales (a, s), the guider's convention:
+        eps_c + w (eps_c - eps_u) (:func:`tdd_lab.guider.cfg_combine`)."""
 
         def eps_fn(x, a, s):
             e_c = (x - a * self.mixture.denoise(x, a, s, labels)) / s
             if w == 0.0:
                 return e_c
             e_u = (x - a * self.mixture.denoise(x, a, s, None)) / s
-            return e_c + w * (e_c - e_u)
+            return cfg_combine(e_c, e_u, w)
 
         return eps_fn
 
@@ -319,16 +301,19 @@ class GMMTeacher(Teacher):
         t_end: torch.Tensor | int | None = None,
         num_steps: int = 2000,
     ) -> torch.Tensor:
-        """Exact (RK4, float64) PF-ODE solution from x_t at t_start to t_end (None: to clean data x0)."""
+        """Exact (RK4, float64, on the CPU) PF-ODE solution from x_t at t_start to t_end (None: to clean data x0)."""
+        alphas, sigmas = self.schedule.alphas.cpu(), self.schedule.sigmas.cpu()
+
         def rho(t):
-            t = torch.as_tensor(t, dtype=torch.long).reshape(-1)
-            return (self.schedule.sigmas[t] / self.schedule.alphas[t]).reshape(-1, 1)  # (B or 1, 1)
+            t = torch.as_tensor(t, dtype=torch.long).reshape(-1).cpu()
+            return (sigmas[t] / alphas[t]).reshape(-1, 1)  # (B or 1, 1)
 
         r_end = 0.0 if t_end is None else rho(t_end)
-        a_start = append_dims(self.schedule.alphas[torch.as_tensor(t_start).reshape(-1)], 2)
-        x_vp = x_t.double() / a_start * vp_alpha_sigma(rho(t_start))[0]  # same y, on the VP scale
+        a_start = append_dims(alphas[torch.as_tensor(t_start).reshape(-1).cpu()], 2)
+        x_vp = x_t.double().cpu() / a_start * vp_alpha_sigma(rho(t_start))[0]  # same y, on the VP scale
+        labels = None if labels is None else labels.cpu()
         out = solve_pf_ode(self.guided_eps_fn(labels, w), x_vp, rho(t_start), r_end, num_steps)
         if t_end is None:
             return out
-        a_end = append_dims(self.schedule.alphas[torch.as_tensor(t_end).reshape(-1)], 2)
+        a_end = append_dims(alphas[torch.as_tensor(t_end).reshape(-1).cpu()], 2)
         return out / vp_alpha_sigma(rho(t_end))[0] * a_end

@@ -63,3 +63,15 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def atomic_write_json(path: str | Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=float) + "\n")
+
+
+def tensor_fingerprint(*tensors) -> str:
+    """A content hash (dtype, shape and bytes) of tensors: a cache key that cannot go stale when memory is reused."""
+    import torch
+
+    h = hashlib.sha1()
+    for t in tensors:
+        t = torch.as_tensor(t).detach().cpu().contiguous()
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+    return h.hexdigest()[:16]

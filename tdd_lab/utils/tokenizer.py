@@ -15,7 +15,7 @@ from importlib import resources
 from pathlib import Path
 
 CLIP_VOCAB_SIZE = 49408
-MIN_REAL_VOCAB = 1000  # anything smaller is not a real text tokenizer
+EMBEDDING_PADDING = 128  # text encoders may pad their vocabulary (T5: 32,100 tokens, 32,128 embeddings)
 
 
 @lru_cache(maxsize=1)
@@ -63,18 +63,27 @@ def load_clip_tokenizer(directory: str | Path, model_max_length: int = 77):
     tok = CLIPTokenizer(
         vocab=str(directory / "vocab.json"), merges=str(directory / "merges.txt"), model_max_length=model_max_length
     )
-    return check_tokenizer(tok, str(directory))
+    return check_tokenizer(tok, str(directory), CLIP_VOCAB_SIZE)
 
 
-def check_tokenizer(tokenizer, source: str = "tokenizer"):
-    """Raise if a loaded tokenizer is the silent fallback (a 2-token vocabulary) rather than a real one.
+def check_tokenizer(tokenizer, source: str = "tokenizer", vocab_size: int | None = None):
+    """Raise unless ``tokenizer`` fits the text encoder whose embedding table has ``vocab_size`` rows.
 
-    ``CLIPTokenizer.from_pretrained(<unreachable hub id>)`` can return such a tokenizer without error.
+    ``CLIPTokenizer.from_pretrained(<unreachable hub id>)`` can silently return a tokenizer with a
+    2-token vocabulary; what tells it apart from a real (even a small, research) tokenizer is that its
+    size does not match the text encoder: more tokens than embeddings (ids out of range), or fewer than
+    the embedding table minus the padding some encoders add. ``vocab_size=None`` (no encoder to compare
+    with) only rejects a tokenizer of fewer than 3 tokens.
     """
     size = len(tokenizer)
-    if size < MIN_REAL_VOCAB:
+    if vocab_size is None:
+        bad = size < 3
+    else:
+        bad = size > vocab_size or size < vocab_size - EMBEDDING_PADDING
+    if bad:
+        against = "" if vocab_size is None else f" but its text encoder has {vocab_size} token embeddings"
         raise ValueError(
-            f"tokenizer loaded from {source!r} has only {size} tokens: its vocabulary files are missing "
-            "(an unreachable hub id offline, or a folder without vocab.json/merges.txt)"
+            f"tokenizer loaded from {source!r} has {size} tokens{against}: its vocabulary files are missing or "
+            "belong to another model (an unreachable hub id offline, or a folder without vocab.json/merges.txt)"
         )
     return tokenizer

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import inspect
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any
 
 
@@ -41,20 +40,3 @@ def check_choice(name: str, value: Any, choices: Iterable[Any]) -> None:
     choices = list(choices)
     if value not in choices:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
-
-
-def build_from_registry(kind: str, registry: Mapping[str, Callable[..., Any]], name: str, **params: Any) -> Any:
-    """Instantiate ``registry[name](**params)`` with clear errors for unknown options and parameters.
-
-    ``kind`` names the option group in messages (e.g. ``"strategy"``).
-    """
-    if name not in registry:
-        raise ValueError(f"unknown {kind} {name!r}; available: {sorted(registry)}")
-    cls = registry[name]
-    sig = inspect.signature(cls)
-    accepts_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values())
-    allowed = [p for p in sig.parameters if sig.parameters[p].kind is not inspect.Parameter.VAR_KEYWORD]
-    unknown = [k for k in params if k not in allowed]
-    if unknown and not accepts_kwargs:
-        raise ValueError(f"unknown {kind} parameter(s) {unknown} for {kind} {name!r}; allowed: {allowed}")
-    return cls(**params)
