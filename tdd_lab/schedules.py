@@ -23,7 +23,6 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 import torch
-
 from torch import nn
 
 from tdd_lab.utils.tensors import gather_per_sample

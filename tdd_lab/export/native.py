@@ -9,7 +9,7 @@ from safetensors.torch import load_file, save_file
 
 from tdd_lab.conditioner import CLIPTextConditioner, LabelConditioner
 from tdd_lab.denoiser import Denoiser
-from tdd_lab.export.student import Exporter, ExportedStudent
+from tdd_lab.export.student import ExportedStudent, Exporter
 from tdd_lab.schedules import schedule_from_config
 
 

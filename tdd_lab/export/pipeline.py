@@ -19,7 +19,7 @@ from hydra.utils import get_class, instantiate
 from tdd_lab.denoiser import Denoiser
 from tdd_lab.export.card import model_card
 from tdd_lab.export.kohya import lora_state_dict, write_kohya
-from tdd_lab.export.student import Exporter, ExportedStudent
+from tdd_lab.export.student import ExportedStudent, Exporter
 from tdd_lab.schedules import schedule_from_config
 
 

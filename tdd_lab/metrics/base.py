@@ -27,6 +27,7 @@ class Metrics(ABC):
 
     def set_teacher_samples(self, samples: torch.Tensor, teacher: Teacher | None = None) -> None:
         """The teacher's own samples from the evaluation noise (metrics with ``needs_teacher_samples``)."""
+        return None
 
     def describe(self) -> dict:
         return {"class": type(self).__name__, **{k: v for k, v in vars(self).items() if not k.startswith("_")}}
