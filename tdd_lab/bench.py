@@ -59,11 +59,11 @@ def digits_module(cache_dir: str, num_ddim_timesteps: int = 50):
 
 def bench_train(module, batch_size: int, warmup: int, reps: int) -> dict[str, float]:
     from tdd_lab.data.digits import load_digit_tensors
-    from tdd_lab.guidance.base import concat_conditions
+    from tdd_lab.guider import ClassifierFreeGuidance
 
     images, labels = load_digit_tensors()
     batch = {"x0": images[:batch_size], "label": labels[:batch_size]}
-    student, teacher = module.student, module.teacher
+    student, teacher = module.student.net, module.teacher
     opt = module.configure_optimizers()
     opt = opt["optimizer"] if isinstance(opt, dict) else opt
 
@@ -73,8 +73,9 @@ def bench_train(module, batch_size: int, warmup: int, reps: int) -> dict[str, fl
         loss.backward()
         opt.step()
 
-    x0, cond = teacher.prepare_batch(batch)
-    uncond = teacher.null_condition().expand_as(cond)
+    x0, cond = teacher.conditioner.prepare_batch(batch)
+    uncond = teacher.conditioner.null_like(cond)
+    cfg = ClassifierFreeGuidance(3.5)
     t = torch.full((batch_size,), 499)
     x_t = torch.randn_like(x0)
     mt = module.schedule.model_time(t)
@@ -84,12 +85,14 @@ def bench_train(module, batch_size: int, warmup: int, reps: int) -> dict[str, fl
         student.zero_grad(set_to_none=True)
         out.float().square().mean().backward()
 
-    def teacher_2b():
-        teacher.denoise(torch.cat([x_t, x_t]), torch.cat([t, t]), concat_conditions(cond, uncond))
+    @torch.no_grad()
+    def teacher_2b():  # the guider's one batched 2B forward
+        cfg(teacher.denoiser, x_t, t, cond, uncond)
 
+    @torch.no_grad()
     def teacher_two_b():
-        teacher.denoise(x_t, t, cond)
-        teacher.denoise(x_t, t, uncond)
+        teacher.denoiser(x_t, t, cond)
+        teacher.denoiser(x_t, t, uncond)
 
     def target_fwd():
         with torch.no_grad():
@@ -133,14 +136,15 @@ def bench_sampling(module, batch_size: int, reps: int) -> dict[str, float]:
 
     teacher = module.teacher
     noise = torch.randn(batch_size, *teacher.sample_shape, generator=torch.Generator().manual_seed(0))
-    cond = teacher.conditions(torch.arange(batch_size) % 10)
-    null, cfg = teacher.null_condition(), teacher.schedule.diffusers_config()
+    from tdd_lab.guider import ClassifierFreeGuidance
+
+    cond = teacher.conditioner.conditions(torch.arange(batch_size) % 10)
+    uncond = teacher.conditioner.null_like(cond)
     n = module.solver.num_ddim_timesteps
-    teacher_eps = lambda x, t, c, tc: teacher.denoise(x, t, c)[1]  # noqa: E731
-    student_s = median_time(lambda: TDDSampler(eta=0.2).sample(module.student_eps, noise, cond, null, 4, cfg, n),
-                            1, reps)
-    teacher_s = median_time(lambda: DDIMSampler().sample(teacher_eps, noise, cond, null, 50, cfg, n,
-                                                         guidance_scale=4.5), 1, max(1, reps // 2))
+    student_s = median_time(lambda: TDDSampler(eta=0.2, num_ddim_timesteps=n).sample(
+        module.student, noise, cond, uncond, 4), 1, reps)
+    teacher_s = median_time(lambda: DDIMSampler(num_ddim_timesteps=n).sample(
+        teacher.denoiser, noise, cond, uncond, 50, ClassifierFreeGuidance(3.5)), 1, max(1, reps // 2))
     return {"student_4step_sample_s": student_s, "teacher_50step_cfg_sample_s": teacher_s,
             "sample_speedup_4_vs_50cfg": teacher_s / student_s}
 

@@ -1,47 +1,51 @@
-"""Evaluate a trained student over a grid of sampling settings: ``python -m tdd_lab.evaluate RUN_DIR [options]``.
+"""Evaluate a trained student at other sampling settings: ``python -m tdd_lab.evaluate run_dir=RUN [key=value ...]``.
 
-The grid is the product of ``--eta``, ``--guidance-scale`` (CFG on the student: the post-tuning curve that
-decoupled guidance allows), ``--timestep-schedule`` and ``--t-l`` (x0 clipping on steps 0..t_l; -1 = off),
-each evaluated at every ``--steps`` K. It loads the run's exported student (``student/``) and its config
-(``.hydra/config.yaml``) to rebuild the teacher, the guidance mode and the metrics, and evaluates with the
-run's ``Evaluator`` (same per-sample noise as training's evaluation).
+A Hydra app (``conf/evaluate.yaml``): steps, eta, guidance scale, timestep schedule, t_l and the metrics option
+are ordinary keys and groups, so a grid is a multirun with one job per setting::
 
-Results are appended to ``RUN_DIR/metrics.json`` under keys that spell out the setting::
+    python -m tdd_lab.evaluate -m run_dir=RUN eta=0,0.2,0.5 guidance_scale=1,1.5 steps=[2,4,8]
+
+Each job rebuilds teacher, guidance, sampler and metrics from ``RUN/.hydra/config.yaml`` (null keys: the run's
+own setting), loads the exported student (``RUN/student``) and evaluates it with the run's ``Evaluator`` (the
+same per-sample noise as training's evaluation, so the run's own settings reproduce its ``eval/<m>@K``). It
+appends to ``RUN/metrics.json``, atomically under a file lock, keys that spell out the setting::
 
     eval/<metric>@<K>/eta<eta>/g<guidance scale>[/noneq][/tl<t_l>]
     e.g. eval/fid@4/eta0.2/g1.5   eval/ode_error@2/eta0/g1/noneq/tl1
 
 (``eta`` is absent for samplers without one, ``noneq`` marks the non-equidistant schedule, ``tl`` x0
-clipping; metrics evaluated with deterministic samplers, such as gmm2d's ``ode_error``, record eta0.)
-Each call also appends rows to ``RUN_DIR/evaluate.csv`` and, when the run logs to W&B, writes a W&B run
-(``job_type=evaluate``) in the training run's group with the grid as a ``wandb.Table`` and the new keys
-in its summary. Bad input exits with code 2 and ``error: ...``.
+clipping; metrics evaluated with deterministic samplers, such as gmm2d's ``ode_error``, record eta0), rows to
+``RUN/evaluate.csv`` and, when the run logs to W&B, a W&B run (``job_type=evaluate``) in the training run's
+group. Bad input exits with code 2 and ``error: ...``. Hydra's own files go to ``RUN/.hydra_evaluate/``.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import fcntl
 import inspect
-import itertools
 import json
 import sys
+import tempfile
+import threading
 import time
+from collections.abc import Callable, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+import hydra
 import torch
-from omegaconf import DictConfig, OmegaConf
+import yaml
+from hydra.core.utils import JobStatus
+from hydra.experimental.callback import Callback
+from hydra.utils import get_class
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from tdd_lab.utils.cache import atomic_write_json
+from tdd_lab.validate import ConfigError, instantiate
 
-SCHEDULES = ("equidistant", "nonequidistant")
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
-
-
-class EvaluateError(ValueError):
-    """Bad input to the evaluation CLI (exit code 2)."""
+CSV_COLUMNS = ["time", "key", "metric", "steps", "eta", "guidance_scale", "timestep_schedule", "t_l", "value"]
 
 
 def setting_suffix(eta: float | None, guidance_scale: float, schedule: str = "equidistant", t_l: int = -1) -> str:
@@ -59,100 +63,94 @@ def grid_key(base_key: str, suffix: str) -> str:
     return f"{base_key}/{suffix}"
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m tdd_lab.evaluate", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n", 2)[2])
-    p.add_argument("run", type=Path, help="training run directory (or its student/ export)")
-    p.add_argument("--steps", type=int, nargs="+", default=[2, 4, 6, 8], help="sampling step counts K")
-    p.add_argument("--eta", type=float, nargs="+", default=None, help="sampler eta values (default: the run's)")
-    p.add_argument("--guidance-scale", type=float, nargs="+", default=None,
-                   help="CFG scales on the student (standard form, 1 = off; default: the run's)")
-    p.add_argument("--timestep-schedule", nargs="+", choices=SCHEDULES, default=None, help="TDD sampler schedules")
-    p.add_argument("--t-l", type=int, nargs="+", default=None,
-                   help="TDD sampler x0 clipping on steps 0..t_l (-1 = no clipping)")
-    p.add_argument("--metrics", default=None, help="a conf/metrics option instead of the run's (e.g. digits_fidelity)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a key of the run's config (e.g. metrics.num_samples=200); repeatable")
-    p.add_argument("--num-samples", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--no-wandb", action="store_true", help="do not write a W&B run even if the run logs to W&B")
-    return p.parse_args(argv)
-
-
+# ---- the run: its folder, its config with this evaluation's changes ------------------------------------
 def locate_run(path: Path) -> Path:
     """The run dir of ``path`` (a run dir or its ``student/``), checked for its config and export."""
     if not path.exists():
-        raise EvaluateError(f"{path} does not exist")
+        raise ConfigError(f"run_dir: {path} does not exist")
     run = path.parent if (path / "student.json").exists() and path.name == "student" else path
     if not (run / ".hydra" / "config.yaml").exists():
-        raise EvaluateError(f"{run / '.hydra' / 'config.yaml'} not found: pass a training run directory "
-                            "(the evaluator rebuilds the teacher and metrics from its config)")
+        raise ConfigError(f"run_dir: {run / '.hydra' / 'config.yaml'} not found: pass a training run directory "
+                          "(the evaluator rebuilds the teacher and metrics from its config)")
     if not (run / "student" / "student.json").exists():
-        raise EvaluateError(f"{run / 'student' / 'student.json'} not found: the run has no exported student")
+        raise ConfigError(f"run_dir: {run / 'student' / 'student.json'} not found: the run has no exported student")
     return run
 
 
-def load_run_config(run: Path, metrics: str | None, overrides: list[str]) -> DictConfig:
-    """The run's config with ``paths.output_dir`` = ``run`` (its only ``${hydra:...}`` value), and overrides."""
-    cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
-    OmegaConf.set_struct(cfg, False)
-    cfg.paths.output_dir = str(run)
-    if metrics is not None:
-        option = CONF_DIR / "metrics" / f"{metrics}.yaml"
-        if not option.exists():
-            names = sorted(p.stem for p in (CONF_DIR / "metrics").glob("*.yaml"))
-            raise EvaluateError(f"--metrics: unknown option {metrics!r} (one of {', '.join(names)})")
-        cfg.metrics = OmegaConf.load(option)
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
-            raise EvaluateError(f"--set {item}: expected KEY=VALUE with an existing config key")
-        OmegaConf.update(cfg, key, yaml_value(value), merge=False)
-    return cfg
+def hydra_output_root(run_dir: Any) -> str:
+    """Hydra's folder for evaluations of ``run_dir``: ``<run>/.hydra_evaluate``, never the run's own ``.hydra``
+    (a temporary folder when ``run_dir`` is not a run, which the app then reports)."""
+    try:
+        if run_dir is not None:
+            return str(locate_run(Path(str(run_dir))) / ".hydra_evaluate")
+    except ConfigError:
+        pass
+    return str(Path(tempfile.gettempdir()) / "tdd_lab_evaluate")
 
 
-def yaml_value(text: str):
-    import yaml
-
-    return yaml.safe_load(text)
+OmegaConf.register_new_resolver("tdd_lab.evaluate_dir", hydra_output_root, replace=True)
 
 
-def build_samplers(recorded: dict, etas, schedules, t_ls, deterministic: bool) -> list[tuple[str | None, object]]:
-    """[(setting prefix without g, sampler)] over the eta/schedule/t_l grid, starting from the recorded sampler."""
-    from tdd_lab.sample import build_sampler
-    from tdd_lab.samplers import TDDSampler
+def override_items(overrides: Any) -> list[tuple[str, Any]]:
+    """``run_overrides`` as (key, value) pairs: a mapping ``{key: value}`` or ``key=value`` strings."""
+    if overrides is None:
+        return []
+    if isinstance(overrides, (Mapping, DictConfig)):
+        return [(str(k), OmegaConf.to_container(v) if isinstance(v, (DictConfig, ListConfig)) else v)
+                for k, v in overrides.items()]
+    items = []
+    for item in [overrides] if isinstance(overrides, str) else overrides:
+        key, sep, value = str(item).partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"run_overrides: expected key=value, got {item!r}")
+        items.append((key.strip(), yaml.safe_load(value)))
+    return items
 
-    base = build_sampler(None, None, recorded)
-    cls = type(base)
+
+def run_config(run: Path, cfg: DictConfig) -> DictConfig:
+    """The run's config with this evaluation's metrics option, ``run_overrides`` and evaluator keys applied."""
+    run_cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
+    OmegaConf.set_struct(run_cfg, False)
+    run_cfg.paths.output_dir = str(run)  # its only ${hydra:...} value
+    if cfg.get("metrics") is not None:  # a conf/metrics option, resolved against the run's paths
+        run_cfg.metrics = OmegaConf.to_container(cfg.metrics, resolve=False)
+    missing = object()
+    for key, value in override_items(cfg.run_overrides):
+        if OmegaConf.select(run_cfg, key, default=missing, throw_on_resolution_failure=False) is missing:
+            raise ConfigError(f"run_overrides: {key!r} is not a key of the run's config ({run / '.hydra' / 'config.yaml'})")
+        OmegaConf.update(run_cfg, key, value, merge=False)
+    steps = cfg.steps
+    if steps is not None:
+        run_cfg.metrics.steps = [int(k) for k in (steps if isinstance(steps, ListConfig) else [steps])]
+    for key in ("num_samples", "batch_size", "guidance_scale"):
+        if cfg[key] is not None:
+            run_cfg.metrics[key] = cfg[key]
+    return run_cfg
+
+
+def build_sampler(run_cfg: DictConfig, cfg: DictConfig):
+    """The run's sampler with this evaluation's eta / timestep_schedule / t_l (where its constructor has them)."""
+    cls = get_class(run_cfg.sampler._target_)
     params = inspect.signature(cls).parameters
-    if etas is not None and "eta" not in params:
-        raise EvaluateError(f"--eta: the run's {cls.__name__} has no eta")
-    if (schedules is not None or t_ls is not None) and cls is not TDDSampler:
-        raise EvaluateError(f"--timestep-schedule/--t-l apply to the TDDSampler, the run samples with {cls.__name__}")
-    kwargs = {k: v for k, v in recorded.items() if k != "class"} if cls.__name__ == recorded.get("class") else {}
-    out, seen = [], set()
-    for eta, sched, t_l in itertools.product(etas or [None], schedules or [None], t_ls or [None]):
-        kw = dict(kwargs)
-        if eta is not None:
-            kw["eta"] = eta
-        if sched is not None:
-            kw["timestep_schedule"] = sched
-        if t_l is not None:
-            kw["thresholding"], kw["t_l"] = t_l >= 0, t_l
-        try:
-            sampler = cls(**kw)
-        except (TypeError, ValueError) as e:
-            raise EvaluateError(str(e)) from None
-        effective = sampler.deterministic() if deterministic else sampler
-        key = (effective.eta, getattr(sampler, "timestep_schedule", "equidistant"),
-               getattr(sampler, "t_l", -1) if getattr(sampler, "thresholding", False) else -1)
-        if key not in seen:
-            seen.add(key)
-            out.append((key, sampler))
-    return out
+    kwargs = {}
+    for key in ("eta", "timestep_schedule", "t_l"):
+        if cfg[key] is not None:
+            if key not in params:
+                raise ConfigError(f"{key}: the run's sampler {cls.__name__} has no {key} parameter")
+            kwargs[key] = cfg[key]
+    if "t_l" in kwargs and "thresholding" in params:
+        kwargs["thresholding"] = kwargs["t_l"] >= 0
+    return instantiate(run_cfg.sampler, "sampler", **kwargs)
 
 
+def setting(sampler, deterministic: bool) -> tuple[float | None, str, int]:
+    """(eta, timestep schedule, t_l) a sampler evaluates at (eta 0 for deterministic metrics)."""
+    desc = sampler.describe()
+    eta = (sampler.deterministic() if deterministic else sampler).eta
+    return eta, desc.get("timestep_schedule", "equidistant"), int(desc["t_l"]) if desc.get("thresholding") else -1
+
+
+# ---- outputs: metrics.json and evaluate.csv under a lock, W&B, the printed grid -------------------------
 @contextmanager
 def locked(path: Path):
     """An exclusive lock on ``path.lock`` (concurrent evaluations of one run append safely)."""
@@ -173,9 +171,6 @@ def append_metrics(run: Path, new: dict[str, float]) -> dict[str, float]:
         metrics.update(new)
         atomic_write_json(path, metrics)
     return metrics
-
-
-CSV_COLUMNS = ["time", "key", "metric", "steps", "eta", "guidance_scale", "timestep_schedule", "t_l", "value"]
 
 
 def append_csv(run: Path, rows: list[dict]) -> Path:
@@ -213,80 +208,109 @@ def log_wandb(cfg: DictConfig, run: Path, rows: list[dict], new: dict[str, float
     return group
 
 
-def evaluate(args: argparse.Namespace) -> tuple[dict[str, float], list[dict]]:
-    """Run the grid; returns the new keys (also appended to metrics.json) and the CSV rows."""
-    import hydra
-
-    from tdd_lab.evaluation import build_evaluator
-    from tdd_lab.export import load_student
-
-    run = locate_run(args.run)
-    cfg = load_run_config(run, args.metrics, args.set)
-    if any(k < 1 for k in args.steps):
-        raise EvaluateError(f"--steps must be >= 1, got {args.steps}")
-    evaluator = build_evaluator(cfg.metrics)
-    student = load_student(run, args.device)
-    if any(k > student.num_ddim_timesteps for k in args.steps):
-        raise EvaluateError(f"--steps must be <= the student's grid size {student.num_ddim_timesteps}")
-    guidance = hydra.utils.instantiate(cfg.guidance)
-    rec = student.meta.get("recommended", {})
-    scales = args.guidance_scale or [float(rec.get("guidance_scale", evaluator.guidance_scale))]
-    if guidance.embedding_dim is not None and scales != [1.0]:
-        raise EvaluateError("--guidance-scale: this student takes the guidance scale through its w-embedding "
-                            f"({type(guidance).__name__}); CFG post-tuning applies to students without one")
-    samplers = build_samplers(rec.get("sampler") or {}, args.eta, args.timestep_schedule, args.t_l,
-                              evaluator.metrics.deterministic)
-    teacher = hydra.utils.instantiate(cfg.teacher).to(args.device)
-    evaluator.steps = list(args.steps)
-    evaluator.num_samples = args.num_samples or evaluator.num_samples
-    evaluator.batch_size = args.batch_size or evaluator.batch_size
-    new, rows, stamp = {}, [], time.strftime("%Y-%m-%dT%H:%M:%S")
-    for ((eta, sched, t_l), sampler), g in itertools.product(samplers, scales):
-        evaluator.guidance_scale = g
-        suffix = setting_suffix(eta, g, sched, t_l)
-        results, _ = evaluator.evaluate_student(student.eps_fn, teacher, guidance, sampler,
-                                                student.num_ddim_timesteps, args.device)
-        for base_key, value in results.items():
-            key = grid_key(base_key, suffix)
-            new[key] = float(value)
-            metric, k = base_key.split("/", 1)[1].rsplit("@", 1)
-            rows.append({"time": stamp, "key": key, "metric": metric, "steps": int(k), "eta": eta,
-                         "guidance_scale": g, "timestep_schedule": sched, "t_l": t_l, "value": float(value)})
-    append_metrics(run, new)
-    append_csv(run, rows)
-    if not args.no_wandb:
-        log_wandb(cfg, run, rows, new, {"steps": args.steps, "eta": args.eta, "guidance_scale": scales,
-                                        "timestep_schedule": args.timestep_schedule, "t_l": args.t_l})
-    return new, rows
-
-
 def print_grid(rows: list[dict]) -> str:
     """Markdown: one row per setting (``eta0.2/g1.5``), one column per ``metric@K``."""
     table: dict[str, dict[str, float]] = {}
     for r in rows:
-        setting = r["key"].split("@", 1)[1].split("/", 1)[1]
-        table.setdefault(setting, {})[f"{r['metric']}@{r['steps']}"] = r["value"]
+        setting_ = r["key"].split("@", 1)[1].split("/", 1)[1]
+        table.setdefault(setting_, {})[f"{r['metric']}@{r['steps']}"] = r["value"]
     cols = sorted({c for row in table.values() for c in row}, key=lambda c: (c.rsplit("@", 1)[0], int(c.rsplit("@", 1)[1])))
     lines = ["| setting | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 1)]
-    for setting, row in table.items():
-        lines.append(f"| {setting} | " + " | ".join(f"{row[c]:.4g}" if c in row else "-" for c in cols) + " |")
+    for setting_, row in table.items():
+        lines.append(f"| {setting_} | " + " | ".join(f"{row[c]:.4g}" if c in row else "-" for c in cols) + " |")
     text = "\n".join(lines)
     print(text)
     return text
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+class PrintGrid(Callback):
+    """Prints the grid of all jobs at the end of a multirun (each job prints its own setting as it ends)."""
+
+    def __init__(self):
+        self.rows: list[dict] = []
+
+    def on_job_end(self, config, job_return, **kwargs) -> None:
+        if job_return.status == JobStatus.COMPLETED and isinstance(job_return.return_value, list):
+            self.rows += job_return.return_value
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        if self.rows:
+            print(f"\ngrid of {len({r['key'].split('@', 1)[1].split('/', 1)[1] for r in self.rows})} settings:")
+            print_grid(self.rows)
+
+
+# ---- the app -------------------------------------------------------------------------------------------
+def evaluate(cfg: DictConfig) -> tuple[dict[str, float], list[dict]]:
+    """Evaluate ``cfg.run_dir``'s student at one setting; returns the new keys (appended to metrics.json) and
+    the CSV rows. Raises :class:`ConfigError` on bad input."""
+    from tdd_lab.export import load_student
+
+    if OmegaConf.is_missing(cfg, "run_dir"):
+        raise ConfigError("run_dir: required, the training run to evaluate (run_dir=logs/train/runs/...)")
+    run = locate_run(Path(str(cfg.run_dir)))
+    run_cfg = run_config(run, cfg)
+    evaluator = instantiate(run_cfg.metrics, "metrics")
+    student = load_student(run, cfg.device)
+    n = student.num_ddim_timesteps
+    bad = [k for k in evaluator.steps if not 1 <= k <= n]
+    if bad:
+        raise ConfigError(f"steps: {bad} outside [1, {n}] (the student's grid size, num_ddim_timesteps)")
+    guidance = instantiate(run_cfg.guidance, "guidance")
+    g = float(evaluator.guidance_scale)
+    try:
+        guidance.student_sampling(g)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    sampler = build_sampler(run_cfg, cfg)
+    eta, schedule, t_l = setting(sampler, evaluator.metrics.deterministic)
+    teacher = instantiate(run_cfg.teacher, "teacher").to(cfg.device)
+
+    results, _ = evaluator.evaluate_student(student.denoiser, teacher, guidance, sampler, cfg.device)
+    suffix, stamp = setting_suffix(eta, g, schedule, t_l), time.strftime("%Y-%m-%dT%H:%M:%S")
+    new, rows = {}, []
+    for base_key, value in results.items():
+        key = grid_key(base_key, suffix)
+        new[key] = float(value)
+        metric, k = base_key.split("/", 1)[1].rsplit("@", 1)
+        rows.append({"time": stamp, "key": key, "metric": metric, "steps": int(k), "eta": eta, "guidance_scale": g,
+                     "timestep_schedule": schedule, "t_l": t_l, "value": float(value)})
+    append_metrics(run, new)
+    append_csv(run, rows)
+    if cfg.wandb:
+        log_wandb(run_cfg, run, rows, new, {"steps": evaluator.steps, "eta": eta, "guidance_scale": g,
+                                            "timestep_schedule": schedule, "t_l": t_l})
+    return new, rows
+
+
+JOB_STARTED = threading.Event()  # set by the apps' task functions: Hydra composed the command line
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+def main(cfg: DictConfig) -> list[dict]:
+    JOB_STARTED.set()
     torch.set_float32_matmul_precision("high")
     try:
-        new, rows = evaluate(args)
-    except (EvaluateError, FileNotFoundError) as e:
+        new, rows = evaluate(cfg)
+    except (ConfigError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        sys.exit(2)
     print_grid(rows)
-    print(f"appended {len(new)} keys to {locate_run(args.run) / 'metrics.json'}")
-    return 0
+    print(f"appended {len(new)} keys to {locate_run(Path(str(cfg.run_dir))) / 'metrics.json'}")
+    return rows
+
+
+def exit_2_on_bad_command_line(app: Callable[[], Any], name: str) -> None:
+    """Run the Hydra app ``app``; a command line that does not compose (an unknown key or option: Hydra prints
+    why and exits 1 before any job starts) exits with 2, as all bad input does. A job that crashes keeps 1."""
+    try:
+        app()
+    except SystemExit as e:
+        if e.code == 1 and not JOB_STARTED.is_set():
+            print(f"error: the command line does not compose (see above); `python -m {name} --help` lists the "
+                  "keys and options", file=sys.stderr)
+            sys.exit(2)
+        raise
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_2_on_bad_command_line(main, "tdd_lab.evaluate")

@@ -58,7 +58,9 @@ class DistillationModule(pl.LightningModule):
         seed: int = 0,                                               # base seed; rank r draws with seed + r
     ):
         super().__init__()
-        self.teacher, self.solver, self.strategy = teacher, solver, strategy
+        # the frozen teacher is deliberately not a submodule: no state-dict entries, no train() switching
+        object.__setattr__(self, "teacher", teacher)
+        self.solver, self.strategy = solver, strategy
         self.guidance, self.loss_fn = guidance, loss
         self.student_factory = student
         # a w-embedding input changes the network's architecture, so it cannot share the teacher's weights

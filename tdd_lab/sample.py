@@ -1,108 +1,65 @@
-"""Generate with an exported student: ``python -m tdd_lab.sample RUN_DIR [--prompt ...] [--steps 4] [--eta 0.2]``.
+"""Generate with an exported student: ``python -m tdd_lab.sample run_dir=RUN prompt="..." [key=value ...]``.
 
-RUN_DIR is a training run directory or its ``student/`` export. Digits students take prompts
-("a handwritten digit seven"); gmm2d students take class labels. Per-sample seeds (``--seed + i``).
-Students of SD1.5 / SDXL / FLUX teachers are sampled inside the stock diffusers pipeline with the
-exported LoRA and TDD scheduler (exactly what the export's README shows a user).
+A Hydra app (``conf/sample.yaml``). ``run_dir`` is a training run directory or its ``student/`` export.
+Digits students take prompts (``prompt="a handwritten digit seven"``, a list, or ``prompt_file``); gmm2d
+students take class labels (``labels=[0,1,2,3]``). Sample i starts from noise seeded ``seed + i``. Unset
+keys take the export's settings (``student.json``: recommended steps, sampler and guidance scale; the
+teacher's w for students with a w-embedding). Native students are sampled with the recorded sampler (or a
+``sampler=`` option); students of SD1.5 / SDXL / FLUX teachers inside the stock diffusers pipeline with the
+exported LoRA and scheduler, exactly what the export's model card shows a user. Writes ``out`` (PNG) and a
+``.pt`` of the samples next to it; bad input exits with 2 and ``error: ...``.
 """
 
 from __future__ import annotations
 
-import argparse
 import inspect
 import sys
 from pathlib import Path
+from typing import Any
 
+import hydra
 import torch
+from hydra.utils import get_class
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from tdd_lab import samplers
+from tdd_lab.conditioner import condition_to
+from tdd_lab.evaluate import JOB_STARTED, exit_2_on_bad_command_line
 from tdd_lab.evaluation import fixed_noise
-from tdd_lab.export import load_student
-from tdd_lab.samplers import SAMPLERS
+from tdd_lab.export import ExportedStudent, load_student
+from tdd_lab.guider import ClassifierFreeGuidance
+from tdd_lab.validate import ConfigError
+
+SAMPLERS = {name: getattr(samplers, name) for name in samplers.__all__ if name != "Sampler"}  # class name -> class
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m tdd_lab.sample", description=__doc__.splitlines()[0])
-    p.add_argument("student", type=Path, help="run directory or its student/ export")
-    p.add_argument("--prompt", action="append", default=None, help="prompt (repeatable); digits students")
-    p.add_argument("--prompt-file", type=Path, help="one prompt per line")
-    p.add_argument("--labels", type=int, nargs="+", help="class labels; gmm2d students")
-    p.add_argument("--num-per-prompt", type=int, default=1)
-    p.add_argument("--steps", type=int, default=None,
-                   help="sampling steps (default: 4 if the export recommends it, else its first recommended)")
-    p.add_argument("--sampler", choices=sorted(SAMPLERS), default=None,
-                   help="default: the sampler the student was evaluated with (recorded in the export)")
-    p.add_argument("--eta", type=float, default=None, help="stochasticity for tdd/tcd/ddim (default: sampler's)")
-    p.add_argument("--guidance-scale", type=float, default=None, help="CFG on the student (1 = off)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=Path("samples.png"))
-    p.add_argument("--device", default="cpu")
-    return p.parse_args(argv)
+def as_list(value: Any) -> list:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (ListConfig, list, tuple)) else [value]
 
 
-def build_sampler(name: str | None, eta: float | None, recorded: dict):
-    """The named sampler, or the recorded one with its settings; ``eta`` overrides where it exists."""
-    if name is None:
-        by_class = {cls.__name__: cls for cls in SAMPLERS.values()}
-        cls = by_class.get(recorded.get("class"), SAMPLERS["tdd"])
-        kwargs = {k: v for k, v in recorded.items() if k != "class"} if cls.__name__ == recorded.get("class") else {}
-    else:
-        cls, kwargs = SAMPLERS[name], {}
-    if eta is not None:
-        if "eta" not in inspect.signature(cls).parameters:
-            raise ValueError(f"--eta does not apply to the {cls.__name__} (it has no eta)")
-        kwargs["eta"] = eta
-    return cls(**kwargs)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        student = load_student(args.student, args.device)
-    except FileNotFoundError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    rec = student.meta.get("recommended", {})
-    pipeline = hasattr(student, "pipeline")
-    conds = requested_conditions(args, labels=not pipeline)
-    if not conds:
-        what = "--prompt or --prompt-file" if pipeline else "--prompt/--prompt-file (digits) or --labels (gmm2d)"
-        print(f"error: give {what}", file=sys.stderr)
-        return 2
-    steps = args.steps or recommended_steps(rec)
-    if pipeline:
-        return sample_pipeline(args, student, rec, conds, steps)
-    try:
-        sampler = build_sampler(args.sampler, args.eta, rec.get("sampler") or {})
-    except (TypeError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    scale = args.guidance_scale if args.guidance_scale is not None else float(rec.get("guidance_scale", 1.0))
-    noise = fixed_noise(len(conds), student.sample_shape, args.seed).to(args.device)
-    tc = None
-    if student.meta.get("time_cond_dim"):
-        from tdd_lab.guidance.lcm_w import guidance_scale_embedding
-
-        w = torch.full((len(conds),), float(rec.get("teacher_w", 3.5)), device=args.device)
-        tc, scale = guidance_scale_embedding(w, student.meta["time_cond_dim"]), 1.0
-    with torch.no_grad():
-        x = sampler.sample(student.eps_fn, noise, student.encode(conds), student.null, steps,
-                           student.schedule.diffusers_config(), student.num_ddim_timesteps, scale, tc,
-                           torch.Generator(device=args.device).manual_seed(args.seed))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    student.save_samples(x.cpu(), conds, args.out)
-    torch.save({"samples": x.cpu(), "conditions": conds, "steps": steps}, args.out.with_suffix(".pt"))
-    print(f"wrote {len(conds)} samples ({steps} steps, {type(sampler).__name__}) to {args.out}")
-    return 0
-
-
-def requested_conditions(args: argparse.Namespace, labels: bool = True) -> list:
-    """Prompts (``--prompt``, ``--prompt-file``) and, where they apply, ``--labels``, each ``--num-per-prompt`` times."""
-    conds = list(args.prompt or [])
-    if args.prompt_file:
-        conds += [ln.strip() for ln in args.prompt_file.read_text().splitlines() if ln.strip()]
-    if labels and args.labels:
-        conds += args.labels
-    return [c for c in conds for _ in range(args.num_per_prompt)]
+def requested_items(cfg: DictConfig, label_prompts) -> list:
+    """Prompts (``prompt``, ``prompt_file``) and labels (text students: their evaluation prompts), each
+    ``num_per_prompt`` times."""
+    items = [str(p) for p in as_list(cfg.prompt)]
+    if cfg.prompt_file is not None:
+        path = Path(str(cfg.prompt_file))
+        if not path.is_file():
+            raise ConfigError(f"prompt_file: {path} not found")
+        items += [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+    for label in as_list(cfg.labels):
+        if label_prompts:
+            if not 0 <= int(label) < len(label_prompts):
+                raise ConfigError(f"labels: {label} outside [0, {len(label_prompts) - 1}]")
+            items.append(label_prompts[int(label)])
+        else:
+            items.append(int(label))
+    if not items:
+        raise ConfigError("give prompt=..., prompt_file=... or labels=[...] (gmm2d students take labels)")
+    if cfg.num_per_prompt < 1:
+        raise ConfigError(f"num_per_prompt must be >= 1, got {cfg.num_per_prompt}")
+    return [x for x in items for _ in range(cfg.num_per_prompt)]
 
 
 def recommended_steps(rec: dict) -> int:
@@ -111,20 +68,106 @@ def recommended_steps(rec: dict) -> int:
     return 4 if 4 in rec_steps else rec_steps[0]
 
 
-def sample_pipeline(args: argparse.Namespace, student, rec: dict, prompts: list[str], steps: int) -> int:
-    """Prompts -> images with the stock pipeline; writes the PNG grid and a ``.pt`` of the images."""
-    from torchvision.utils import save_image
+def build_sampler(option: DictConfig | None, recorded: dict, num_ddim_timesteps: int, eta: float | None):
+    """The sampler recorded in the export (class and settings), or a conf/sampler ``option`` (with the recorded
+    settings when it is the recorded class); ``eta`` overrides where the sampler has one."""
+    if option is None:
+        if recorded.get("class") not in SAMPLERS:
+            raise ConfigError(f"student.json: recorded sampler {recorded.get('class')!r} is not one of "
+                              f"tdd_lab.samplers ({', '.join(SAMPLERS)})")
+        cls = SAMPLERS[recorded["class"]]
+    else:
+        cls = get_class(option._target_)
+    params = inspect.signature(cls).parameters
+    if cls.__name__ == recorded.get("class"):
+        kwargs = {k: v for k, v in recorded.items() if k in params}
+    else:  # the option's settings, on the student's grid
+        node = OmegaConf.to_container(option, resolve=False)
+        node.update(_target_=None, num_ddim_timesteps=num_ddim_timesteps)
+        kwargs = {k: v for k, v in OmegaConf.to_container(OmegaConf.create(node), resolve=True).items() if k in params}
+    if eta is not None:
+        if "eta" not in params:
+            raise ConfigError(f"eta: the {cls.__name__} has no eta")
+        kwargs["eta"] = eta
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(str(e)) from None
 
-    eta = args.eta if args.eta is not None else (rec.get("sampler") or {}).get("eta")
-    scale = args.guidance_scale if args.guidance_scale is not None else float(rec.get("guidance_scale", 1.0))
-    images = student.generate(prompts, steps, scale, eta, args.seed)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    save_image(images, str(args.out), nrow=min(4, len(images)), padding=2)
+
+def sample_native(cfg: DictConfig, student: ExportedStudent, items: list, steps: int, scale: float) -> str:
+    """Items -> samples with the recorded (or chosen) sampler; writes the PNG and the ``.pt``."""
+    sampler = build_sampler(cfg.get("sampler"), student.recommended.get("sampler") or {}, student.num_ddim_timesteps,
+                            cfg.eta)
+    conditioner, device = student.conditioner, cfg.device
+    try:
+        cond = condition_to(conditioner.encode(items), device)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"prompt/labels: {type(conditioner).__name__} cannot encode {items[0]!r} ({e}); "
+                          "gmm2d students take labels=[...], text students prompts") from None
+    tc = None
+    if student.meta.get("time_cond_dim"):  # lcm_w students: the teacher's w through the w-embedding, no CFG
+        from tdd_lab.guidance.lcm_w import guidance_scale_embedding
+
+        if scale != 1.0:
+            raise ConfigError("guidance_scale: this student takes w through its w-embedding (guidance=lcm_w); "
+                              "sample it with guidance_scale=1")
+        w = torch.full((len(items),), student.teacher_w, device=device)
+        tc = guidance_scale_embedding(w, int(student.meta["time_cond_dim"]))
+    noise = fixed_noise(len(items), student.sample_shape, cfg.seed).to(device)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    with torch.no_grad():
+        x = sampler.sample(student.denoiser, noise, cond, conditioner.null_like(cond), steps,
+                           ClassifierFreeGuidance.from_scale(scale), tc, gen).cpu()
+    out = Path(str(cfg.out))
+    student.save_samples(x, items, out)
+    torch.save({"samples": x, "conditions": items, "steps": steps}, out.with_suffix(".pt"))
+    return f"{steps} steps, {type(sampler).__name__}"
+
+
+def sample_pipeline(cfg: DictConfig, student: ExportedStudent, prompts: list[str], steps: int, scale: float) -> str:
+    """Prompts -> images with the stock pipeline and the exported scheduler; writes the PNG and the ``.pt``."""
+    from tdd_lab.export.pipeline import generate
+
+    if cfg.get("sampler") is not None:
+        raise ConfigError("sampler: students of diffusers teachers sample with their exported scheduler "
+                          "(student/scheduler) in the stock pipeline; sampler= applies to native students")
+    eta = cfg.eta if cfg.eta is not None else (student.recommended.get("sampler") or {}).get("eta")
+    images = generate(student, prompts, steps, scale, eta, cfg.seed, cfg.device)
+    out = Path(str(cfg.out))
+    student.save_samples(images, prompts, out)
     torch.save({"images": images, "prompts": prompts, "steps": steps, "eta": eta, "guidance_scale": scale},
-               args.out.with_suffix(".pt"))
-    print(f"wrote {len(prompts)} images ({steps} steps, eta {eta}, guidance {scale}) to {args.out}")
-    return 0
+               out.with_suffix(".pt"))
+    return f"{steps} steps, eta {eta}, guidance {scale}"
+
+
+def sample(cfg: DictConfig) -> Path:
+    """Generate as ``cfg`` says; returns the PNG's path. Raises :class:`ConfigError` on bad input."""
+    if OmegaConf.is_missing(cfg, "run_dir"):
+        raise ConfigError("run_dir: required, a training run directory or its student/ export")
+    student = load_student(str(cfg.run_dir), cfg.device)
+    items = requested_items(cfg, tuple(student.conditioner.label_prompts))
+    steps = int(cfg.steps) if cfg.steps is not None else recommended_steps(student.recommended)
+    if not 1 <= steps <= student.num_ddim_timesteps:
+        raise ConfigError(f"steps: {steps} outside [1, {student.num_ddim_timesteps}] (the student's grid size)")
+    scale = float(cfg.guidance_scale if cfg.guidance_scale is not None
+                  else student.recommended.get("guidance_scale", 1.0))
+    Path(str(cfg.out)).parent.mkdir(parents=True, exist_ok=True)
+    run = sample_pipeline if student.pipeline is not None else sample_native
+    what = run(cfg, student, items, steps, scale)
+    print(f"wrote {len(items)} samples ({what}) to {cfg.out}")
+    return Path(str(cfg.out))
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="sample")
+def main(cfg: DictConfig) -> None:
+    JOB_STARTED.set()
+    try:
+        sample(cfg)
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_2_on_bad_command_line(main, "tdd_lab.sample")

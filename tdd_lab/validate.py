@@ -10,7 +10,6 @@ unwraps Hydra's ``InstantiationException`` into the error that caused it.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,10 +20,10 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from tdd_lab.timesteps import check_grid_size
+from tdd_lab.utils.hub import check_pretrained
+from tdd_lab.utils.validation import ConfigError
 
-
-class ConfigError(ValueError):
-    """A config value is invalid; the message names the key."""
+__all__ = ["Components", "ConfigError", "check_pretrained", "instantiate", "preflight", "root_cause"]
 
 
 def root_cause(e: BaseException) -> BaseException:
@@ -53,29 +52,6 @@ def instantiate(node: Any, key: str, *args, **kwargs):
         if isinstance(cause, (ValueError, TypeError, OSError)):
             raise ConfigError(f"{key}: {msg}") from None
         raise
-
-
-def check_pretrained(value: str, key: str = "teacher.pretrained") -> None:
-    """A local folder must exist and hold a diffusers layout; a hub id must be in the local cache when offline."""
-    looks_local = value.startswith((".", "/", "~")) or os.path.exists(os.path.expanduser(value))
-    if looks_local:
-        path = Path(value).expanduser()
-        if not path.is_dir():
-            raise ConfigError(f"{key}: folder {str(path)!r} does not exist")
-        if not any(path.iterdir()):
-            raise ConfigError(f"{key}: folder {str(path)!r} is empty")
-        if not (path / "model_index.json").exists() and not (path / "config.json").exists():
-            raise ConfigError(f"{key}: folder {str(path)!r} is incomplete: no model_index.json (a diffusers pipeline) "
-                              "or config.json (a single model)")
-        return
-    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
-    if offline:
-        from huggingface_hub import try_to_load_from_cache
-
-        hit = try_to_load_from_cache(value, "model_index.json")
-        if not isinstance(hit, str):
-            raise ConfigError(f"{key}: hub id {value!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE "
-                              "is set; download it first or pass a local folder")
 
 
 @dataclass

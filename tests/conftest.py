@@ -58,3 +58,22 @@ def fast_overrides(experiment):
     if experiment.endswith("digits"):
         return common + ["teacher.train_steps=20", "teacher.batch_size=32", "metrics.metrics.classifier_epochs=1"]
     return common + ["teacher.init_steps=20", "metrics.metrics.ode_steps=100"]
+
+
+def build_option(group: str, option: str, **params):
+    """Build ``conf/<group>/<option>.yaml`` through its ``_target_`` as the train app does (``validate.instantiate``),
+    with ``params`` overriding its keys (new keys are added, so unknown parameters reach the constructor).
+
+    An unknown option raises Hydra's ``MissingConfigException``; a bad value ``ConfigError("<group>: ...")``.
+    """
+    from tdd_lab.validate import instantiate
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[f"{group}={option}"])
+    with open_dict(cfg):
+        for key, value in params.items():
+            cfg[group][key] = value
+    node = cfg[group]
+    return instantiate(node, group, **({"schedule": __import__("tdd_lab.schedules").schedules.VPSchedule()}
+                                        if node.get("_partial_") else {}))

@@ -31,12 +31,12 @@ def test_target_and_loader_benchmarks():
 def test_channels_last_fast_path_agrees(module):
     x = torch.randn(4, 1, 8, 8)
     t = torch.full((4,), 300)
-    cond = module.teacher.conditions(torch.arange(4))
-    ref = module.student_eps(x, t, cond)
-    net = module.student
+    cond = module.teacher.conditioner.conditions(torch.arange(4))
+    ref = module.student(x, t, cond)[1]
+    net = module.student.net
     net.to(memory_format=torch.channels_last)
     try:
-        fast = module.student_eps(x.contiguous(memory_format=torch.channels_last), t, cond)
+        fast = module.student(x.contiguous(memory_format=torch.channels_last), t, cond)[1]
     finally:
         net.to(memory_format=torch.contiguous_format)
     torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-5)
@@ -45,9 +45,9 @@ def test_channels_last_fast_path_agrees(module):
 @pytest.mark.slow
 def test_compile_fast_path_agrees(module):
     x, t = torch.randn(4, 1, 8, 8), module.schedule.model_time(torch.full((4,), 300))
-    cond = module.teacher.conditions(torch.arange(4))
-    eager = module.student(x, t, cond)
-    compiled = torch.compile(module.student)(x, t, cond)
+    cond = module.teacher.conditioner.conditions(torch.arange(4))
+    eager = module.student.net(x, t, cond)
+    compiled = torch.compile(module.student.net)(x, t, cond)
     torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4)
 
 

@@ -128,7 +128,7 @@ def test_discrete_ddim_solver_converges_on_teacher_grid():
         x = x_T
         for i in reversed(range(n)):
             t = solver.grid[i].expand(32)
-            x0, eps = teacher.denoise(x, t, labels)
+            x0, eps = teacher.denoiser(x, t, labels)
             x = solver.step(x, t, solver.grid_prev[i].expand(32), x0, eps) if i > 0 else x0
         errs.append((x - exact).norm(dim=1).mean().item())
     assert errs[0] > errs[1] > errs[2] and errs[2] < 0.03, errs
@@ -140,5 +140,5 @@ def test_teacher_samples_and_denoise_shapes():
     assert x0.shape == (1000, 2) and set(cls.tolist()) == {0, 1, 2, 3}
     assert x0.norm(dim=1).mean().item() == pytest.approx(1.0, abs=0.02)
     t = torch.full((4,), 500)
-    x0_hat, eps_hat = teacher.denoise(torch.randn(4, 2), t, torch.tensor([0, 1, 2, NULL_LABEL]))
+    x0_hat, eps_hat = teacher.denoiser(torch.randn(4, 2), t, torch.tensor([0, 1, 2, NULL_LABEL]))
     assert x0_hat.shape == eps_hat.shape == (4, 2) and x0_hat.dtype == torch.float32

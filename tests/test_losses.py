@@ -3,7 +3,11 @@
 import pytest
 import torch
 
-from tdd_lab.losses import L2Loss, PseudoHuberLoss, build_loss
+from hydra.errors import MissingConfigException
+
+from tdd_lab.losses import L2Loss, PseudoHuberLoss
+from tdd_lab.validate import ConfigError
+from tests.conftest import build_option
 
 
 def test_l2():
@@ -31,10 +35,10 @@ def test_losses_compute_in_float32():
 
 @pytest.mark.parametrize("c", [0.0, -1e-3])
 def test_bad_huber_c(c):
-    with pytest.raises(ValueError, match=r"huber_c must be in \(0"):
-        build_loss("huber", huber_c=c)
+    with pytest.raises(ConfigError, match=r"loss: huber_c must be in \(0"):
+        build_option("loss", "huber", huber_c=c)
 
 
 def test_unknown_loss():
-    with pytest.raises(ValueError, match="unknown loss 'l1'"):
-        build_loss("l1")
+    with pytest.raises(MissingConfigException, match="l1"):
+        build_option("loss", "l1")

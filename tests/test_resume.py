@@ -69,9 +69,10 @@ def test_ema_target_sees_every_optimizer_step(tmp_path, cache_dir):
     import pytorch_lightning as pl
 
     from tdd_lab.train import build_module
+    from tdd_lab.validate import preflight
 
     cfg = compose_cfg(fast_overrides("tdd_gmm2d") + ["target=ema", "target.decay=0.0"], tmp_path, cache_dir)
-    module, data, _ = build_module(cfg)
+    module, data = build_module(cfg, preflight(cfg))
     pl.Trainer(accelerator="cpu", max_steps=3, logger=False, enable_checkpointing=False,
                enable_progress_bar=False).fit(module, datamodule=data)
     for pt, ps in zip(module.target.net.parameters(), module.student.parameters()):

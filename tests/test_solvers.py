@@ -5,7 +5,7 @@ import torch
 
 from tdd_lab.prediction import consistency_function
 from tdd_lab.schedules import FlowMatchSchedule, VPSchedule
-from tdd_lab.solvers import SOLVERS, DDIMSolver, FlowEulerSolver
+from tdd_lab.solvers import DDIMSolver, FlowEulerSolver
 
 
 def test_grid_and_previous_points():
@@ -49,4 +49,10 @@ def test_solver_schedule_mismatch_and_bad_grid():
         DDIMSolver(VPSchedule(), 300)
     with pytest.raises(ValueError, match="num_ddim_timesteps"):
         DDIMSolver(VPSchedule(), -5)
-    assert set(SOLVERS) == {"ddim", "euler"}
+
+
+def test_solver_grids_are_buffers_outside_the_state_dict():
+    solver = DDIMSolver(VPSchedule(), 50)
+    assert {n for n, _ in solver.named_buffers()} >= {"grid", "grid_prev", "schedule.alphas", "schedule.sigmas"}
+    assert solver.state_dict() == {}  # nothing in checkpoints: rebuilt from the config
+    assert solver.double().schedule.alphas.dtype == torch.float64 and solver.grid.dtype == torch.int64

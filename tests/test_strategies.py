@@ -5,7 +5,11 @@ import torch
 
 from tdd_lab.schedules import VPSchedule
 from tdd_lab.solvers import DDIMSolver
-from tdd_lab.strategies import LCMStrategy, PCMStrategy, TCDStrategy, TDDStrategy, build_strategy
+from hydra.errors import MissingConfigException
+
+from tdd_lab.strategies import LCMStrategy, PCMStrategy, TCDStrategy, TDDStrategy
+from tdd_lab.validate import ConfigError
+from tests.conftest import build_option
 from tdd_lab.timesteps import ddim_grid
 
 from .test_timesteps import SPEC_M
@@ -143,15 +147,19 @@ def test_semi_linear_consistency_on_clean_prediction():
         ("tdd", dict(num_inference_steps_min=8, num_inference_steps_max=4), "num_inference_steps_min must be <="),
         ("tdd", dict(mode="random"), "mode must be one of"),
         ("tdd", dict(window=-1), "window"),
-        ("tdd", dict(s_raito=0.3), r"unknown strategy parameter\(s\) \['s_raito'\]"),
+        ("tdd", dict(s_raito=0.3), r"unknown parameter strategy.s_raito"),
         ("pcm", dict(num_phases=0), "num_phases"),
         ("tcd", dict(gamma_min=0.5, gamma_max=0.2), "gamma_min must be <="),
-        ("ctm", dict(), "unknown strategy 'ctm'"),
     ],
 )
 def test_bad_strategy_input(name, params, match):
-    with pytest.raises(ValueError, match=match):
-        build_strategy(name, **params)
+    with pytest.raises(ConfigError, match=match):
+        build_option("strategy", name, **params)
+
+
+def test_unknown_strategy_option():
+    with pytest.raises(MissingConfigException, match="ctm"):
+        build_option("strategy", "ctm")
 
 
 def test_tdd_steps_larger_than_grid():

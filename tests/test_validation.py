@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from hydra.errors import ConfigCompositionException, MissingConfigException
 
-from tdd_lab.validate import ConfigError, check_pretrained, validate_config
+from tdd_lab.validate import ConfigError, check_pretrained, preflight
 
 from .conftest import compose_cfg
 
@@ -37,7 +37,10 @@ CASES = [
     (["solver.num_ddim_timesteps=5"], r"strategy.num_inference_steps_max=8 exceeds solver.num_ddim_timesteps=5"),
     (["guidance.proportion_empty_prompts=1.5"], r"proportion_empty_prompts must be in \[0, 1\]"),
     (["guidance.proportion_empty_prompts=-0.5"], r"proportion_empty_prompts must be in \[0, 1\]"),
-    (["guidance=lcm_w", "guidance.w_min=9"], "w_min must be <= w_max"),
+    (["guidance=lcm_w", "guidance.w_min=9"], "guidance.w_min must be <= guidance.w_max"),
+    (["guidance=lcm_w", "guidance.eval_w=20"], r"guidance.eval_w must be in \[2, 8\]"),
+    (["sampler=lcm", "sampler.timestep_scaling=0"], r"sampler.timestep_scaling must be in \(0"),
+    (["export_kohya=true"], "export_kohya: DigitsTeacher students are exported as native, fused"),
     (["loss.huber_c=0"], r"loss: huber_c must be in \(0, \+inf\)"),
     (["loss.huber_c=-1e-3"], r"huber_c must be in \(0"),
     (["sampler.eta=1.5"], r"sampler: sampler.eta must be in \[0, 1\], got 1.5"),
@@ -63,12 +66,14 @@ def test_bad_config_is_rejected_with_a_named_culprit(overrides, match, folders, 
     overrides = [o.replace("{tmp}", str(folders)) for o in overrides]
     cfg = compose_cfg(overrides, folders / "run", cache_dir)
     with pytest.raises(ConfigError, match=match):
-        validate_config(cfg)
+        preflight(cfg)
 
 
-def test_good_configs_pass(tmp_path, cache_dir):
+def test_good_configs_pass_and_build_each_component_once(tmp_path, cache_dir):
     for exp in ("tdd_digits", "tdd_gmm2d"):
-        validate_config(compose_cfg([f"experiment={exp}"], tmp_path, cache_dir))
+        parts = preflight(compose_cfg([f"experiment={exp}"], tmp_path, cache_dir))
+        assert type(parts.strategy).__name__ == "TDDStrategy" and parts.sampler.num_ddim_timesteps == 50
+        assert parts.evaluator.steps == [2, 4, 8]
 
 
 def test_unknown_option_and_experiment_fail_at_composition(tmp_path, cache_dir):

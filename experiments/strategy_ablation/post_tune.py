@@ -61,8 +61,7 @@ def evaluate_run(run_dir: Path, scales: list[float]) -> list[dict]:
     for g in scales:
         evaluator.guidance_scale = g
         start = time.perf_counter()
-        metrics, _ = evaluator.evaluate_student(student.eps_fn, teacher, guidance, sampler,
-                                                student.num_ddim_timesteps)
+        metrics, _ = evaluator.evaluate_student(student.denoiser, teacher, guidance, sampler, "cpu")
         row = {"run": str(run_dir), "seed": seed, "guidance_scale": g, **metrics}
         if g == 1.0:  # the export must reproduce the training run's own evaluation
             row["check"] = max(abs(v - recorded[k]) for k, v in metrics.items())

@@ -85,8 +85,7 @@ def load_student_pipeline(directory: str | Path, device: str = "cpu", dtype: str
     import diffusers
 
     from tdd_lab import schedulers as tdd_schedulers
-    from tdd_lab.teachers.latent import hub_offline, resolve_dtype
-    from tdd_lab.validate import check_pretrained
+    from tdd_lab.utils.hub import check_pretrained, hub_offline, resolve_dtype
 
     directory = Path(directory)
     info = json.loads((directory / "teacher.json").read_text())

@@ -11,7 +11,6 @@ network by default, so one UNet/transformer is in memory). Exports: :mod:`tdd_la
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +21,11 @@ from tdd_lab.denoiser import Denoiser
 from tdd_lab.nets.unet import UNetDenoiser
 from tdd_lab.schedules import FlowMatchSchedule, VPSchedule, calculate_shift
 from tdd_lab.teachers.base import Teacher
+from tdd_lab.utils.hub import DTYPES, check_pretrained, hub_offline, resolve_dtype  # noqa: F401  (re-exported)
 from tdd_lab.utils.tokenizer import check_tokenizer
 from tdd_lab.utils.validation import check_choice, check_int
 
 log = logging.getLogger(__name__)
-
-DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
-          "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
 
 DEFAULT_EVAL_PROMPTS = (
     "a photo of a red apple on a wooden table",
@@ -40,15 +37,6 @@ DEFAULT_EVAL_PROMPTS = (
     "an astronaut riding a horse on mars",
     "a cozy cabin in a snowy forest",
 )
-
-
-def resolve_dtype(name: str) -> torch.dtype:
-    check_choice("teacher.dtype", name, tuple(DTYPES))
-    return DTYPES[name]
-
-
-def hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
 
 
 def read_prompt_file(path: str | Path) -> list[str]:
@@ -76,8 +64,6 @@ def load_pipeline(pipeline_class: str, pretrained: str, dtype: torch.dtype, revi
                   **components):
     """A stock diffusers pipeline from a hub id or a local folder; missing files raise ``FileNotFoundError``."""
     import diffusers
-
-    from tdd_lab.validate import check_pretrained
 
     check_pretrained(str(pretrained))
     local_files_only = hub_offline() if local_files_only is None else local_files_only

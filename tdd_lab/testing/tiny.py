@@ -3,6 +3,8 @@
 They have the real architectures (UNet2DConditionModel with SDXL's text-time conditioning,
 AutoencoderKL, two CLIP text encoders, the real CLIP BPE tokenizer), saved with
 ``save_pretrained`` so tests load them through the code path that loads real checkpoints.
+``vocab_size`` gives the SDXL pipeline a small tokenizer (the first tokens of CLIP's BPE vocabulary)
+with text encoders of the same vocabulary: a valid pipeline, as a research tokenizer would make one.
 """
 
 from __future__ import annotations
@@ -11,23 +13,59 @@ from pathlib import Path
 
 import torch
 
-from tdd_lab.utils.tokenizer import load_clip_tokenizer
+from tdd_lab.utils.tokenizer import (
+    CLIP_VOCAB_SIZE,
+    check_tokenizer,
+    load_clip_tokenizer,
+    write_clip_tokenizer_files,
+)
+
+NUM_BYTE_TOKENS = 512  # CLIP's byte symbols and their end-of-word forms come before the merges
 
 
-def _text_encoder(cls, seed: int, hidden: int = 32, projection_dim: int = 32):
+def _text_encoder(cls, seed: int, hidden: int = 32, projection_dim: int = 32, vocab_size: int = CLIP_VOCAB_SIZE):
     from transformers import CLIPTextConfig
 
     torch.manual_seed(seed)
     cfg = CLIPTextConfig(
         bos_token_id=0, eos_token_id=2, pad_token_id=1, hidden_size=hidden, intermediate_size=37,
-        layer_norm_eps=1e-5, num_attention_heads=4, num_hidden_layers=2, vocab_size=49408,
+        layer_norm_eps=1e-5, num_attention_heads=4, num_hidden_layers=2, vocab_size=vocab_size,
         hidden_act="gelu", projection_dim=projection_dim, max_position_embeddings=77,
     )
     return cls(cfg).eval()
 
 
-def tiny_sdxl_components(seed: int = 0, tokenizer_dir: str | Path | None = None) -> dict:
-    """Components of a tiny SDXL pipeline (UNet cross-attention dim 64 = 32 + 32 text features)."""
+def small_clip_tokenizer(directory: str | Path, vocab_size: int, model_max_length: int = 77):
+    """A ``CLIPTokenizer`` of ``vocab_size`` tokens: CLIP's byte symbols, its first merges, the two special tokens.
+
+    The vocabulary is a prefix of CLIP's (merges in their order, so every merge's parts are in it),
+    written as ``vocab.json``/``merges.txt`` into ``directory``.
+    """
+    import json
+
+    from transformers import CLIPTokenizer
+
+    n_merges = vocab_size - NUM_BYTE_TOKENS - 2
+    if n_merges < 0:
+        raise ValueError(f"vocab_size={vocab_size}: a CLIP tokenizer needs at least {NUM_BYTE_TOKENS + 2} tokens")
+    directory = write_clip_tokenizer_files(directory)
+    full = json.loads((directory / "vocab.json").read_text(encoding="utf-8"))
+    by_id = sorted(full, key=full.get)
+    tokens = by_id[: NUM_BYTE_TOKENS + n_merges] + ["<|startoftext|>", "<|endoftext|>"]
+    (directory / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}), encoding="utf-8")
+    merges = (directory / "merges.txt").read_text(encoding="utf-8").split("\n")
+    (directory / "merges.txt").write_text("\n".join(merges[: 1 + n_merges]) + "\n", encoding="utf-8")
+    tok = CLIPTokenizer(vocab=str(directory / "vocab.json"), merges=str(directory / "merges.txt"),
+                        model_max_length=model_max_length)
+    return check_tokenizer(tok, str(directory), vocab_size)
+
+
+def tiny_sdxl_components(seed: int = 0, tokenizer_dir: str | Path | None = None, vocab_size: int | None = None) -> dict:
+    """Components of a tiny SDXL pipeline (UNet cross-attention dim 64 = 32 + 32 text features).
+
+    ``vocab_size``: a small CLIP tokenizer of that many tokens and text encoders with as many token
+    embeddings (None: the real 49,408-token CLIP vocabulary).
+    """
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
@@ -55,24 +93,27 @@ def tiny_sdxl_components(seed: int = 0, tokenizer_dir: str | Path | None = None)
     import tempfile
 
     tok_dir = Path(tokenizer_dir) if tokenizer_dir is not None else Path(tempfile.mkdtemp(prefix="clip_tok_"))
-    tokenizer = load_clip_tokenizer(tok_dir)
+    if vocab_size is None:
+        tokenizer, vocab_size = load_clip_tokenizer(tok_dir), CLIP_VOCAB_SIZE
+    else:
+        tokenizer = small_clip_tokenizer(tok_dir, vocab_size)
     return {
         "unet": unet.eval(),
         "vae": vae.eval(),
         "scheduler": scheduler,
-        "text_encoder": _text_encoder(CLIPTextModel, seed + 2),
+        "text_encoder": _text_encoder(CLIPTextModel, seed + 2, vocab_size=vocab_size),
         "tokenizer": tokenizer,
-        "text_encoder_2": _text_encoder(CLIPTextModelWithProjection, seed + 3),
+        "text_encoder_2": _text_encoder(CLIPTextModelWithProjection, seed + 3, vocab_size=vocab_size),
         "tokenizer_2": tokenizer,
     }
 
 
-def save_tiny_sdxl(directory: str | Path, seed: int = 0) -> Path:
+def save_tiny_sdxl(directory: str | Path, seed: int = 0, vocab_size: int | None = None) -> Path:
     """Build the tiny SDXL pipeline and ``save_pretrained`` it into ``directory``; return the path."""
     from diffusers import StableDiffusionXLPipeline
 
     directory = Path(directory)
-    pipe = StableDiffusionXLPipeline(**tiny_sdxl_components(seed, directory / "_tokenizer_src"))
+    pipe = StableDiffusionXLPipeline(**tiny_sdxl_components(seed, directory / "_tokenizer_src", vocab_size))
     pipe.save_pretrained(directory)
     return directory
 
@@ -138,14 +179,17 @@ def write_image_folder(directory: str | Path, n: int = 8, size: int = 40, seed: 
 
 
 def tiny_t5_tokenizer():
-    """A real ``T5TokenizerFast`` (Unigram) over a small word vocabulary: T5's vocab cannot be downloaded here."""
+    """A real ``T5TokenizerFast`` (Unigram) over a small word vocabulary: T5's vocab cannot be downloaded here.
+
+    The tiny T5 encoder gets exactly ``len(tokenizer)`` token embeddings (what the tokenizer guard checks).
+    """
     from transformers import T5TokenizerFast
 
     words = ("a an the of on in at with and photo painting portrait red green blue yellow square cat dog city "
              "night apple table lighthouse horse").split()
     vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [(f"\u2581{w}", -float(i + 1)) for i, w in enumerate(words)]
     letters = "abcdefghijklmnopqrstuvwxyz"
-    pieces = [a + b for a in letters for b in letters]  # >= 1000 pieces: a real-sized Unigram vocabulary
+    pieces = [a + b for a in letters for b in letters]  # every two-letter piece: any lowercase word tokenizes
     vocab += [(f"\u2581{p}", -20.0) for p in pieces] + [(p, -25.0) for p in pieces]
     vocab += [(ch, -30.0) for ch in letters + "\u2581"]
     return T5TokenizerFast(vocab=vocab, extra_ids=0)

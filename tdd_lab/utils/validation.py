@@ -7,6 +7,10 @@ from collections.abc import Iterable
 from typing import Any
 
 
+class ConfigError(ValueError):
+    """A config value is invalid; the message names the key."""
+
+
 def check_range(
     name: str,
     value: float,
