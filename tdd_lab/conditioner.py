@@ -152,6 +152,23 @@ class CLIPTextConditioner(Conditioner):
         table = self.encode([*self.label_prompts, ""])  # (labels + 1, L, D); the last row is the null
         self.register_buffer("table", table, persistent=False)
 
+    @classmethod
+    def from_pretrained(cls, path, label_prompts: Sequence[str], max_length: int | None = None) -> CLIPTextConditioner:
+        """Load ``path/text_encoder`` (transformers ``CLIPTextModel``) and ``path/tokenizer`` (checked against it)."""
+        from pathlib import Path
+
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        from tdd_lab.utils.tokenizer import check_tokenizer
+
+        path = Path(path)
+        text_encoder = CLIPTextModel.from_pretrained(path / "text_encoder")
+        tokenizer = check_tokenizer(CLIPTokenizer.from_pretrained(path / "tokenizer"), str(path / "tokenizer"),
+                                    text_encoder.config.vocab_size)
+        if max_length is not None:
+            tokenizer.model_max_length = max_length
+        return cls(tokenizer, text_encoder, label_prompts)
+
     @torch.no_grad()
     def _encode(self, prompts: list[str]) -> torch.Tensor:
         ids = self.tokenizer(prompts, padding="max_length", max_length=self.max_length, truncation=True,

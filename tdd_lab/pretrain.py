@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from tdd_lab.utils.threads import fixed_threads
+
 
 def build_digits_unet(channels: tuple[int, int] = (32, 64), text_dim: int = 64):
     from diffusers import UNet2DConditionModel
@@ -40,13 +42,18 @@ def build_text_encoder(text_dim: int = 64, max_length: int = 16):
     return CLIPTextModel(cfg).eval().requires_grad_(False)
 
 
-@torch.enable_grad()  # may be reached from no_grad evaluation code
 def pretrain_digits_teacher(out: Path, config: dict, alphas_cumprod: torch.Tensor) -> None:
     """Train the digits teacher described by ``config`` (``DigitsTeacher.pretrain_config``) into ``out``.
 
     ``alphas_cumprod`` (T,): the teacher's VP schedule. Writes ``tokenizer/``, ``text_encoder/``, ``unet/``
-    (the EMA weights) and ``pretrain.json`` (final loss, seconds).
+    (the EMA weights) and ``pretrain.json`` (final loss, seconds). Runs with a fixed thread count
+    (:mod:`tdd_lab.utils.threads`) so the same config gives the same teacher on any core count.
     """
+    with fixed_threads(), torch.enable_grad():  # may be reached from no_grad evaluation code
+        _pretrain_digits_teacher(out, config, alphas_cumprod)
+
+
+def _pretrain_digits_teacher(out: Path, config: dict, alphas_cumprod: torch.Tensor) -> None:
     from tdd_lab.conditioner import CLIPTextConditioner
     from tdd_lab.data.digits import digit_prompt, load_digit_tensors
     from tdd_lab.utils.tokenizer import load_clip_tokenizer
@@ -97,10 +104,14 @@ def pretrain_digits_teacher(out: Path, config: dict, alphas_cumprod: torch.Tenso
          "steps": c["train_steps"]}))
 
 
-@torch.enable_grad()
 def fit_gmm_student_init(out: Path, teacher, net_config: dict, steps: int, seed: int) -> None:
     """Regress an :class:`~tdd_lab.nets.mlp.MLPDenoiser` onto the exact (conditional and null) epsilon of the
-    gmm2d ``teacher`` (10% null labels); writes ``mlp.safetensors``."""
+    gmm2d ``teacher`` (10% null labels); writes ``mlp.safetensors``. Fixed thread count, as above."""
+    with fixed_threads(), torch.enable_grad():
+        _fit_gmm_student_init(out, teacher, net_config, steps, seed)
+
+
+def _fit_gmm_student_init(out: Path, teacher, net_config: dict, steps: int, seed: int) -> None:
     from safetensors.torch import save_file
 
     from tdd_lab.nets.mlp import MLPDenoiser

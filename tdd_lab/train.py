@@ -30,6 +30,10 @@ log = logging.getLogger(__name__)
 def build_module(cfg: DictConfig, parts: Components) -> tuple[DistillationModule, Any]:
     """Load the teacher and compose the LightningModule from the pre-flight components; the data module."""
     teacher = instantiate(cfg.teacher, "teacher")
+    try:  # the sampler must handle the teacher's schedule family: fail now, not after training
+        parts.sampler.check_schedule(teacher.schedule.diffusers_config())
+    except ValueError as e:
+        raise ConfigError(f"sampler: {e}") from None
     module = DistillationModule(
         teacher=teacher,
         student=parts.student,
@@ -99,6 +103,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     torch.set_float32_matmul_precision("high")
+    if cfg.get("cpu_threads") is not None:  # the same numbers on any core count (tdd_lab.utils.threads)
+        torch.set_num_threads(int(cfg.cpu_threads))
     try:
         metrics = train(cfg)
     except (ConfigError, NonFiniteLossError, DataQualityError, FileNotFoundError) as e:

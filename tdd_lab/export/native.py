@@ -29,13 +29,15 @@ class DigitsExporter(Exporter):
     def load(cls, directory, meta, device="cpu"):
         from diffusers import UNet2DConditionModel
 
+        from tdd_lab.data.digits import digit_prompt
         from tdd_lab.nets.unet import UNetDenoiser
-        from tdd_lab.teachers.digits import load_digits_conditioner, save_digit_grid
+        from tdd_lab.utils.images import save_digit_grid
 
         unet = UNet2DConditionModel.from_pretrained(directory / "unet").eval()
         denoiser = Denoiser(UNetDenoiser(unet), schedule_from_config(meta["schedule"]), meta["prediction_type"])
-        return ExportedStudent(denoiser.to(device), load_digits_conditioner(Path(directory)).to(device),
-                               tuple(meta["sample_shape"]), save_digit_grid, meta)
+        conditioner = CLIPTextConditioner.from_pretrained(directory, [digit_prompt(i) for i in range(10)])
+        return ExportedStudent(denoiser.to(device), conditioner.to(device), tuple(meta["sample_shape"]),
+                               save_digit_grid, meta)
 
 
 class MLPExporter(Exporter):
@@ -53,11 +55,11 @@ class MLPExporter(Exporter):
     @classmethod
     def load(cls, directory, meta, device="cpu"):
         from tdd_lab.nets.mlp import MLPDenoiser
-        from tdd_lab.teachers.gmm import NULL_LABEL, save_scatter
+        from tdd_lab.utils.images import save_scatter
 
         info = json.loads((Path(directory) / "gmm_teacher.json").read_text())
         net = MLPDenoiser(**info["net"])
         net.load_state_dict(load_file(str(Path(directory) / "mlp.safetensors")))
         denoiser = Denoiser(net.eval(), schedule_from_config(meta["schedule"]), meta["prediction_type"])
-        conditioner = LabelConditioner(info["net"]["num_classes"], NULL_LABEL)
+        conditioner = LabelConditioner(info["net"]["num_classes"])  # label -1: the null condition
         return ExportedStudent(denoiser.to(device), conditioner, tuple(meta["sample_shape"]), save_scatter, meta)

@@ -78,10 +78,18 @@ def _train(out: Path, seed: int, epochs: int) -> None:
     (out / "classifier.json").write_text(json.dumps({"heldout_accuracy": acc, "epochs": epochs}))
 
 
+def _train_fixed_threads(out: Path, seed: int, epochs: int) -> None:
+    """The same classifier on any core count (see :mod:`tdd_lab.utils.threads`)."""
+    from tdd_lab.utils.threads import fixed_threads
+
+    with fixed_threads():
+        _train(out, seed, epochs)
+
+
 def load_digit_classifier(cache_dir: str | Path | None = None, seed: int = 0, epochs: int = 30) -> DigitClassifier:
     """The cached classifier (trained on first use); ``.heldout_accuracy`` reports its quality."""
     path = cached_dir(cache_dir or default_cache_dir(), "digit-classifier", {"seed": seed, "epochs": epochs, "v": 1},
-                      lambda out: _train(out, seed, epochs))
+                      lambda out: _train_fixed_threads(out, seed, epochs))
     model = DigitClassifier()
     model.load_state_dict(load_file(str(path / "classifier.safetensors")))
     model.heldout_accuracy = json.loads((path / "classifier.json").read_text())["heldout_accuracy"]

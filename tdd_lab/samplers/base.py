@@ -25,10 +25,19 @@ class Sampler(ABC):
     """Runs a diffusers scheduler over K steps with a :class:`~tdd_lab.denoiser.Denoiser` and a guider."""
 
     eta: float | None = None  # stochasticity, where the scheduler has one
+    schedule_kinds: tuple[str, ...] = ("vp",)  # the noise-schedule families its scheduler handles
 
     def __init__(self, num_ddim_timesteps: int = 50):  # N of training (the distillation grid)
         check_int("sampler.num_ddim_timesteps", num_ddim_timesteps, 1)
         self.num_ddim_timesteps = num_ddim_timesteps
+
+    def check_schedule(self, schedule_config: dict[str, Any]) -> None:
+        """Raise ``ValueError`` unless this sampler handles the schedule's family (checked before training)."""
+        kind = schedule_config.get("kind", "vp")
+        if kind not in self.schedule_kinds:
+            other = {"vp": "tdd", "flow": "flow_tdd"}.get(kind, "another sampler")
+            raise ValueError(f"the {type(self).__name__} samples {'/'.join(self.schedule_kinds)} schedules, but the teacher "
+                             f"has a {kind!r} schedule; use sampler={other}")
 
     @abstractmethod
     def make_scheduler(self, schedule_config: dict[str, Any]):

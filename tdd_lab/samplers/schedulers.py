@@ -33,6 +33,7 @@ class TDDSampler(Sampler):
         self.thresholding, self.t_l = thresholding, t_l
 
     def make_scheduler(self, schedule_config):
+        self.check_schedule(schedule_config)
         return TDDScheduler(**schedule_config, tdd_train_step=self.num_ddim_timesteps,
                             timestep_schedule=self.timestep_schedule, special_jump=self.special_jump,
                             thresholding=self.thresholding, t_l=self.t_l)
@@ -56,6 +57,7 @@ class LCMSampler(Sampler):
     def make_scheduler(self, schedule_config):
         from diffusers import LCMScheduler
 
+        self.check_schedule(schedule_config)
         return LCMScheduler(**schedule_config, original_inference_steps=self.num_ddim_timesteps,
                             timestep_scaling=self.timestep_scaling, set_alpha_to_one=True, clip_sample=False)
 
@@ -70,6 +72,7 @@ class TCDSampler(Sampler):
     def make_scheduler(self, schedule_config):
         from diffusers import TCDScheduler
 
+        self.check_schedule(schedule_config)
         return TCDScheduler(**schedule_config, original_inference_steps=self.num_ddim_timesteps, clip_sample=False)
 
     def step_kwargs(self, generator):
@@ -88,6 +91,7 @@ class DDIMSampler(Sampler):
     def make_scheduler(self, schedule_config):
         from diffusers import DDIMScheduler
 
+        self.check_schedule(schedule_config)
         return DDIMScheduler(**schedule_config, timestep_spacing=self.timestep_spacing, set_alpha_to_one=True,
                              clip_sample=False)
 
@@ -106,6 +110,7 @@ class DPMppSampler(Sampler):
     def make_scheduler(self, schedule_config):
         from diffusers import DPMSolverMultistepScheduler
 
+        self.check_schedule(schedule_config)
         return DPMSolverMultistepScheduler(**schedule_config, algorithm_type="dpmsolver++",
                                            solver_order=self.solver_order, timestep_spacing="trailing",
                                            final_sigmas_type="zero", lower_order_final=True)
@@ -123,11 +128,12 @@ class FlowTDDSampler(Sampler):
         check_choice("sampler.timestep_schedule", timestep_schedule, ("equidistant", "nonequidistant"))
         self.timestep_schedule = timestep_schedule
 
+    schedule_kinds = ("flow",)
+
     def make_scheduler(self, schedule_config):
         from tdd_lab.schedulers import FlowTDDScheduler
 
-        if schedule_config.get("kind") != "flow":
-            raise ValueError("sampler 'flow_tdd' needs a flow-matching teacher (FLUX); use 'tdd' for VP teachers")
+        self.check_schedule(schedule_config)
         rule = {k: schedule_config[k] for k in ("base_shift", "max_shift", "base_image_seq_len", "max_image_seq_len")
                 if k in schedule_config}  # FluxPipeline recomputes mu at other resolutions from these
         return FlowTDDScheduler(num_train_timesteps=schedule_config["num_train_timesteps"],

@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-
 from tdd_lab.conditioner import CLIPTextConditioner
 from tdd_lab.data.digits import digit_prompt
 from tdd_lab.denoiser import Denoiser
@@ -22,28 +20,12 @@ from tdd_lab.pretrain import build_digits_unet, build_text_encoder, pretrain_dig
 from tdd_lab.schedules import VPSchedule
 from tdd_lab.teachers.base import Teacher
 from tdd_lab.utils.cache import cached_dir, default_cache_dir
-from tdd_lab.utils.tokenizer import check_tokenizer
-
-
-def save_digit_grid(samples: torch.Tensor, labels, path: Path, nrow: int = 10, max_images: int = 40) -> None:
-    """Save the first ``max_images`` of (n, 1, 8, 8) samples in [-1, 1] as a PNG grid, upscaled 4x."""
-    from torchvision.utils import save_image
-
-    x = (samples[:max_images].float().clamp(-1, 1) + 1) / 2
-    x = torch.nn.functional.interpolate(x, scale_factor=4, mode="nearest")
-    save_image(x, str(path), nrow=nrow, padding=2, pad_value=0.5)
+from tdd_lab.utils.images import save_digit_grid
 
 
 def load_digits_conditioner(path: Path, max_length: int | None = None) -> CLIPTextConditioner:
     """The frozen CLIP-style text conditioner saved under ``path`` (``text_encoder/``, ``tokenizer/``)."""
-    from transformers import CLIPTextModel, CLIPTokenizer
-
-    text_encoder = CLIPTextModel.from_pretrained(path / "text_encoder")
-    tokenizer = check_tokenizer(CLIPTokenizer.from_pretrained(path / "tokenizer"), str(path / "tokenizer"),
-                                text_encoder.config.vocab_size)
-    if max_length is not None:
-        tokenizer.model_max_length = max_length
-    return CLIPTextConditioner(tokenizer, text_encoder, [digit_prompt(i) for i in range(10)])
+    return CLIPTextConditioner.from_pretrained(path, [digit_prompt(i) for i in range(10)], max_length)
 
 
 class DigitsTeacher(Teacher):

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
@@ -27,6 +26,7 @@ from tdd_lab.nets.mlp import MLPDenoiser
 from tdd_lab.schedules import NoiseSchedule, VPSchedule
 from tdd_lab.teachers.base import Teacher
 from tdd_lab.utils.cache import cached_dir, default_cache_dir
+from tdd_lab.utils.images import save_scatter
 from tdd_lab.utils.tensors import append_dims
 
 NULL_LABEL = -1  # the unconditional "prompt"
@@ -177,42 +177,27 @@ def solve_pf_ode(
     return a_end * y
 
 
-def save_scatter(samples: torch.Tensor, labels, path: Path, reference: torch.Tensor | None = None,
-                 title: str = "") -> None:
-    """Scatter plot of 2-D samples coloured by class (PNG), optionally over reference points."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
-    if reference is not None:
-        ax.scatter(reference[:, 0], reference[:, 1], s=3, c="lightgrey", label="teacher ODE")
-    c = [int(x) for x in labels] if labels is not None else None
-    ax.scatter(samples[:, 0].cpu(), samples[:, 1].cpu(), s=3, c=c, cmap="tab10", vmin=0, vmax=9)
-    ax.set_xlim(-1.6, 1.6)
-    ax.set_ylim(-1.6, 1.6)
-    ax.set_aspect("equal")
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
 class ExactMixtureNet(nn.Module):
-    """The exact posterior mean E[x0 | x_t, class] as a "network" with ``sample`` (x0) outputs.
-
-    ``net(x_t (B, d), t (B,) integer model time, labels (B,), timestep_cond) -> x0 (B, d)``; the
-    :class:`~tdd_lab.denoiser.Denoiser` around it turns x0 into (x0, eps) in float64.
-    """
+    """Holds the mixture and the schedule of the exact denoiser (a module, so ``.to()`` reaches the schedule)."""
 
     def __init__(self, mixture: GaussianMixture, schedule: NoiseSchedule):
         super().__init__()
         self.mixture, self.schedule = mixture, schedule
 
-    def forward(self, x_t, t, cond, timestep_cond=None):
-        a, s = self.schedule.alpha_sigma(t.long(), x_t.ndim, torch.float64)
+    def posterior_mean(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """E[x0 | x_t, class] at integer timesteps t (B,) of any schedule (VP or flow): (B, d)."""
+        a, s = self.schedule.alpha_sigma(t, x_t.ndim, torch.float64)
         return self.mixture.denoise(x_t, a, s, cond)
+
+
+class ExactMixtureDenoiser(Denoiser):
+    """The exact teacher: its "raw output" is the posterior mean itself (``sample`` prediction, float64 conversion)."""
+
+    def __init__(self, mixture: GaussianMixture, schedule: NoiseSchedule):
+        super().__init__(ExactMixtureNet(mixture, schedule), schedule, "sample", compute_dtype=torch.float64)
+
+    def raw(self, x_t, t, cond, timestep_cond=None):
+        return self.net.posterior_mean(x_t, t, cond)
 
 
 class GMMTeacher(Teacher):
@@ -243,7 +228,7 @@ class GMMTeacher(Teacher):
         self.num_classes = self.mixture.num_classes
         self.sample_shape = (self.mixture.dim,)
         self.conditioner = LabelConditioner(self.num_classes, NULL_LABEL)
-        self.denoiser = Denoiser(ExactMixtureNet(self.mixture, schedule), schedule, "sample", compute_dtype=torch.float64)
+        self.denoiser = ExactMixtureDenoiser(self.mixture, schedule)
         self.cache_dir, self.init_steps, self.seed = cache_dir, init_steps, seed
         self.net_config = dict(dim=self.mixture.dim, num_classes=self.num_classes, hidden=hidden, depth=depth)
 

@@ -100,7 +100,8 @@ class Composer:
         if missing:
             pytest.skip(f"teacher {option} needs {', '.join(missing)} (external weights)")
         fast = [f"teacher.{k}={v}" for k, v in FAST_TEACHER.items() if k in node]
-        return self.shared(("teacher", option, *fast, *overrides), lambda: self.build("teacher", option, *fast, *overrides))
+        args = (option, *fast, *overrides)
+        return self.shared(("teacher", *args), lambda: self.build("teacher", *args))
 
 
 @pytest.fixture(scope="package", autouse=True)

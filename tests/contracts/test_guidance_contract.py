@@ -106,8 +106,8 @@ class TestGuidanceContract:
         torch.testing.assert_close(eps, eps_ref)
         if gb.w_embedding is not None:  # the student is told the w its teacher step used
             assert gb.w_embedding.shape == (B, guidance.embedding_dim)
-            torch.testing.assert_close(gb.w_embedding, guidance_scale_embedding(torch.as_tensor(guider.w).expand(B),
-                                                                                guidance.embedding_dim))
+            w = torch.as_tensor(guider.w).expand(B)
+            torch.testing.assert_close(gb.w_embedding, guidance_scale_embedding(w, guidance.embedding_dim))
 
     def test_teacher_guider_is_cfg_at_teacher_w(self, guidance):
         gen = torch.Generator().manual_seed(3)

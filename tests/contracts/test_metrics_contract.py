@@ -149,6 +149,7 @@ CHECKS = {GMMMetrics: check_gmm, LatentODEMetrics: check_latent, DigitsMetrics: 
           CleanFID: check_clean_fid, TorchmetricsKID: check_kid}
 
 
+@pytest.mark.filterwarnings("ignore:Metric `Kernel Inception Distance` will save all extracted features")
 @pytest.mark.parametrize("option", option_params("metrics"))
 class TestMetricsContract:
     @pytest.fixture

@@ -17,19 +17,9 @@ from .conftest import SCHEDULES, known_bug, option_params, point_mass_denoiser
 
 STEPS = (1, 2, 4, 8)
 
-# tdd_lab/samplers/schedulers.py TCDSampler: diffusers' TCDScheduler ends at timestep 0, i.e. returns
-# x_0 = a_0 x0_hat + s_0 eps_hat (s_0 = 0.029 on scaled_linear, 0.01 on linear betas), not x0_hat.
-TCD_LAST_STEP = {"tcd": "TCDSampler's last step returns a_0 x0 + s_0 eps (diffusers TCDScheduler lands on timestep "
-                        "0), not x0: off by s_0 eps_hat (0.029 |eps| on scaled_linear)"}
-
-# tdd_lab/samplers/schedulers.py (TDD/LCM/TCD/DDIM/DPM++ make_scheduler): a flow teacher's schedule config reaches the
-# diffusers constructor as is, which fails with "TypeError: TDDScheduler.__init__() got an unexpected keyword argument
-# 'kind'"; and since make_scheduler first runs at evaluation (preflight has no sampler/teacher-kind check), a
-# `teacher=flux sampler=tdd` run trains to the end before failing. flow_tdd refuses a VP schedule by name.
-VP_SAMPLER_ON_FLOW = dict.fromkeys(
-    ("ddim", "dpmpp", "lcm", "tcd", "tdd"),
-    "VP samplers handed a flow schedule fail with a raw TypeError ('unexpected keyword argument kind') at "
-    "evaluation time instead of a ValueError naming the sampler")
+# diffusers' TCDScheduler (the TCD authors' sampler, used as designed) ends at timestep 0: it returns
+# a_0 x0_hat + s_0 eps_hat (s_0 = 0.029 on scaled_linear, 0.01 on linear betas), not x0_hat. Documented, kept.
+TCD_LAST_STEP = {"tcd": "diffusers' TCDScheduler lands on timestep 0 (a_0 x0 + s_0 eps), not x0: by its design"}
 
 
 def served_kinds(sampler) -> dict:
@@ -39,7 +29,7 @@ def served_kinds(sampler) -> dict:
         schedule = make()
         try:
             sampler.make_scheduler(schedule.diffusers_config())
-        except (ValueError, TypeError):  # refused (how: test_a_schedule_kind_it_cannot_serve_is_refused_by_name)
+        except (ValueError, TypeError):  # refused; how: test_a_schedule_kind_it_cannot_serve_is_refused_by_name
             continue
         out[kind] = schedule
     assert out, f"{type(sampler).__name__} serves no schedule kind"
@@ -123,7 +113,6 @@ class TestSamplerContract:
 
     def test_a_schedule_kind_it_cannot_serve_is_refused_by_name(self, sampler, request):
         """Like the solvers: the wrong schedule family is a ValueError that says which sampler needs what."""
-        known_bug(request, VP_SAMPLER_ON_FLOW)
         for kind, make in SCHEDULES.items():
             try:
                 sampler.make_scheduler(make().diffusers_config())

@@ -87,11 +87,11 @@ class TestStrategyContract:
             pytest.skip("F is the DDIM projection: its boundary condition is checked with an exact prediction")
         schedule, gen = vp_schedule(), torch.Generator().manual_seed(0)
         x = torch.randn(4, 3, generator=gen, dtype=torch.float64)
-        junk_x0, junk_eps = 100 * torch.randn(4, 3, generator=gen, dtype=torch.float64), torch.randn(4, 3, generator=gen)
+        junk_x0 = 100 * torch.randn(4, 3, generator=gen, dtype=torch.float64)  # no relation to x
+        junk_eps = torch.randn(4, 3, generator=gen, dtype=torch.float64)
         zero = torch.zeros(4, dtype=torch.long)
-        torch.testing.assert_close(strategy.consistency(x, zero, zero, junk_x0, junk_eps.double(), schedule), x,
-                                   rtol=0, atol=0)
+        torch.testing.assert_close(strategy.consistency(x, zero, zero, junk_x0, junk_eps, schedule), x, rtol=0, atol=0)
         t = torch.full((4,), 500)
         s = strategy.sample(t, ddim_grid(1000, 50))
-        out = strategy.consistency(x, t, s, junk_x0, junk_eps.double(), schedule)
+        out = strategy.consistency(x, t, s, junk_x0, junk_eps, schedule)
         assert not torch.allclose(out, x), "away from t = 0 F must use the prediction"

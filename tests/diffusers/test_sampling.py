@@ -83,7 +83,6 @@ def test_exported_student_reproduces_the_training_metric(family, trained):
         assert metrics[key] == pytest.approx(run.metrics[key], rel=1e-3, abs=1e-5), key
 
 
-# depends on the Hydra sample/evaluate apps
 @pytest.mark.parametrize("family", ["sdxl", "sd15", "flux"])
 def test_sample_app_equals_the_users_stock_pipeline_code(family, trained, assets, tmp_path, cache_dir):
     """``python -m tdd_lab.sample run_dir=RUN prompt=[...]`` (stock pipeline inside) == the user's own stock-pipeline
@@ -100,7 +99,6 @@ def test_sample_app_equals_the_users_stock_pipeline_code(family, trained, assets
     assert torch.allclose(ours, theirs, atol=1e-5)
 
 
-# depends on the Hydra sample/evaluate apps
 @pytest.mark.parametrize("family", ["sdxl", "sd15", "flux"])
 def test_evaluate_app_reproduces_the_training_metric(family, trained, tmp_path, cache_dir):
     """``python -m tdd_lab.evaluate run_dir=RUN steps=[2]`` on the run: the exported student, evaluated again at the
