@@ -306,8 +306,8 @@ def exit_2_on_bad_command_line(app: Callable[[], Any], name: str) -> None:
         app()
     except SystemExit as e:
         if e.code == 1 and not JOB_STARTED.is_set():
-            print(f"error: the command line does not compose (see above); `python -m {name} --help` lists the "
-                  "keys and options", file=sys.stderr)
+            print(f"error: the command line does not compose (see above); `python -m {name} --help` lists the keys",
+                  file=sys.stderr)
             sys.exit(2)
         raise
 

@@ -72,8 +72,10 @@ class DistillationModule(pl.LightningModule):
         self._optimizer, self._lr_scheduler = optimizer, lr_scheduler
         self.check_finite, self.seed = check_finite, seed
         if gradient_checkpointing:
+            from diffusers import ModelMixin
+
             enabled = [m.enable_gradient_checkpointing() for m in self.student.modules()
-                       if hasattr(m, "enable_gradient_checkpointing") and hasattr(m, "_supports_gradient_checkpointing")]
+                       if isinstance(m, ModelMixin) and m._supports_gradient_checkpointing]
             if not enabled:
                 raise ValueError("model.gradient_checkpointing: the student network has no diffusers model to checkpoint")
         nets = [self.student.net] + ([teacher.denoiser.net] if teacher.denoiser.net is not self.student.net else [])

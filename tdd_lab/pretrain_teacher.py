@@ -10,8 +10,7 @@ from omegaconf import DictConfig
 def main(cfg: DictConfig) -> None:
     teacher = hydra.utils.instantiate(cfg.teacher)
     teacher.student_network()  # builds the cached student init where the teacher has one
-    path = getattr(teacher, "path", None)
-    print(f"teacher ready{f': {path}' if path else ''}")
+    print(f"teacher ready{f': {teacher.path}' if teacher.path else ''}")
 
 
 if __name__ == "__main__":

@@ -99,6 +99,10 @@ def sample_native(cfg: DictConfig, student: ExportedStudent, items: list, steps:
     """Items -> samples with the recorded (or chosen) sampler; writes the PNG and the ``.pt``."""
     sampler = build_sampler(cfg.get("sampler"), student.recommended.get("sampler") or {}, student.num_ddim_timesteps,
                             cfg.eta)
+    try:
+        sampler.check_schedule(student.denoiser.schedule.diffusers_config())
+    except ValueError as e:
+        raise ConfigError(f"sampler: {e}") from None
     conditioner, device = student.conditioner, cfg.device
     try:
         cond = condition_to(conditioner.encode(items), device)

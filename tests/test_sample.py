@@ -84,7 +84,8 @@ def test_prompts_labels_prompt_file_and_sampler_choice(digits_run, tmp_path):
                                (["labels=[12]"], r"labels: 12 outside \[0, 9\]"),
                                (["prompt=x", "steps=0"], r"steps: 0 outside \[1, 50\]"),
                                ([f"prompt_file={tmp_path / 'none.txt'}"], "prompt_file: .* not found"),
-                               (["prompt=x", "num_per_prompt=0"], "num_per_prompt must be >= 1")]:
+                               (["prompt=x", "num_per_prompt=0"], "num_per_prompt must be >= 1"),
+                               (["prompt=x", "sampler=flow_tdd"], "sampler: the FlowTDDSampler samples flow")]:
         with pytest.raises(ConfigError, match=message):
             sample(tmp_path, run, *overrides, name="g.png")
 

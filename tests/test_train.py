@@ -124,18 +124,17 @@ def test_cli_train_then_sample_round_trip(tmp_path, cache_dir):
     assert res.returncode == 0, res.stderr[-3000:]
     assert "| steps |" in res.stdout and (run_dir / "metrics.json").exists()
     out = tmp_path / "gen.png"
-    res = run_cli(["-m", "tdd_lab.sample", str(run_dir), "--prompt", "a handwritten digit seven", "--prompt",
-                   "a handwritten digit one", "--num-per-prompt", "3", "--steps", "4", "--eta", "0.2",
-                   "--out", str(out)], ROOT, cache_dir)
+    res = run_cli(["-m", "tdd_lab.sample", f"run_dir={run_dir}", "prompt=[a handwritten digit seven,a handwritten digit one]",
+                   "num_per_prompt=3", "steps=4", "eta=0.2", f"out={out}"], ROOT, cache_dir)
     assert res.returncode == 0, res.stderr[-3000:]
     saved = torch.load(out.with_suffix(".pt"))
     assert saved["samples"].shape == (6, 1, 8, 8) and saved["steps"] == 4 and out.exists()
     assert torch.isfinite(saved["samples"]).all()
     assert "TDDSampler" in res.stdout  # the sampler recorded in the export
-    res = run_cli(["-m", "tdd_lab.sample", str(run_dir), "--prompt", "x", "--sampler", "lcm", "--eta", "0.3",
-                   "--out", str(out)], ROOT, cache_dir)
-    assert res.returncode == 2 and "--eta does not apply to the LCMSampler" in res.stderr
-    res = run_cli(["-m", "tdd_lab.sample", str(tmp_path / "nope")], ROOT, cache_dir)
+    res = run_cli(["-m", "tdd_lab.sample", f"run_dir={run_dir}", "prompt=x", "sampler=lcm", "eta=0.3", f"out={out}"],
+                  ROOT, cache_dir)
+    assert res.returncode == 2 and "eta: the LCMSampler has no eta" in res.stderr
+    res = run_cli(["-m", "tdd_lab.sample", f"run_dir={tmp_path / 'nope'}"], ROOT, cache_dir)
     assert res.returncode == 2 and "student.json" in res.stderr
 
 

@@ -32,6 +32,7 @@ class Teacher(nn.Module, ABC):
     denoiser: Denoiser
     sample_shape: tuple[int, ...]
     num_classes: int  # evaluation labels cycle over range(num_classes)
+    path: Path | None = None  # where tdd_lab built and cached it (embedded teachers), else None
     export_formats: tuple[str, ...] = ("native", "fused")  # what export_<format>=true may ask for (native: merged)
 
     @property
