@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-
 from hydra.errors import MissingConfigException
 
 from tdd_lab.conditioner import concat_conditions, expand_condition

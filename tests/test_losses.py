@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from hydra.errors import MissingConfigException
 
 from tdd_lab.losses import L2Loss, PseudoHuberLoss

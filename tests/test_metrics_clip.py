@@ -6,6 +6,7 @@ import urllib.request
 import pytest
 import torch
 
+from tdd_lab.guider import NoGuidance
 from tdd_lab.metrics.clip import CLIPScore, clip_metric_name
 from tdd_lab.metrics.features import MissingWeightsError
 
@@ -46,7 +47,7 @@ def test_clip_score_matches_the_model_it_was_loaded_from(tiny_clip, monkeypatch)
     g = torch.Generator().manual_seed(0)
     samples = torch.rand(6, 3, 40, 40, generator=g) * 2 - 1
     labels = torch.tensor([0, 1, 2, 0, 1, 2])
-    score = metric.compute(samples, labels, None, None, 0.0)["clip_tiny"]
+    score = metric.compute(samples, labels, None, None, NoGuidance())["clip_tiny"]
     # the same score by hand with the original (not reloaded) model
     _, _, preprocess = open_clip.create_model_and_transforms("tiny-clip-test")
     from PIL import Image
@@ -61,7 +62,7 @@ def test_clip_score_matches_the_model_it_was_loaded_from(tiny_clip, monkeypatch)
     assert score == pytest.approx(expected, rel=1e-5, abs=1e-5)
     assert 0 <= score <= 100
     with pytest.raises(ValueError, match="label 3 has no prompt"):
-        metric.compute(samples[:1], torch.tensor([3]), None, None, 0.0)
+        metric.compute(samples[:1], torch.tensor([3]), None, None, NoGuidance())
 
 
 def test_missing_checkpoint_and_prompts_are_named(tiny_clip, tmp_path, monkeypatch):

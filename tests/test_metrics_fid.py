@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from tdd_lab.guider import NoGuidance
 from tdd_lab.metrics.features import (
     CleanInception,
     MissingWeightsError,
@@ -62,9 +63,9 @@ def test_clean_fid_self_is_zero_and_shift_is_positive(sets):
     m = CleanFID("teacher", features=RandomConv(), image_size=SIZE)
     m.set_teacher_samples(sets["a"])
     assert m.name == "fid_teacher"
-    self_fid = m.compute(sets["a"], None, None, None, 0.0)["fid_teacher"]
-    other = m.compute(sets["b"], None, None, None, 0.0)["fid_teacher"]
-    shifted = m.compute(sets["shifted"], None, None, None, 0.0)["fid_teacher"]
+    self_fid = m.compute(sets["a"], None, None, None, NoGuidance())["fid_teacher"]
+    other = m.compute(sets["b"], None, None, None, NoGuidance())["fid_teacher"]
+    shifted = m.compute(sets["shifted"], None, None, None, NoGuidance())["fid_teacher"]
     assert abs(self_fid) < 1e-6
     assert 0 < other < shifted and shifted > 10 * other  # same distribution: small; shifted: large
 
@@ -73,12 +74,12 @@ def test_folder_npz_and_tensor_references_agree(sets, folder, tmp_path):
     """The folder goes through clean-fid's own loader; the same images as tensors give the same statistics."""
     by_folder = CleanFID(str(folder), features=RandomConv(), image_size=SIZE)
     assert by_folder.name == "fid_clean/blobs300"
-    assert abs(by_folder.compute(sets["a"], None, None, None, 0.0)["fid_clean/blobs300"]) < 1e-6
+    assert abs(by_folder.compute(sets["a"], None, None, None, NoGuidance())["fid_clean/blobs300"]) < 1e-6
     mu, sigma = by_folder.reference_stats()
     np.savez(tmp_path / "blobs_stats.npz", mu=mu, sigma=sigma)
     by_npz = CleanFID(str(tmp_path / "blobs_stats.npz"), features=RandomConv(), image_size=SIZE)
-    a = by_folder.compute(sets["shifted"], None, None, None, 0.0)["fid_clean/blobs300"]
-    b = by_npz.compute(sets["shifted"], None, None, None, 0.0)["fid_clean/blobs_stats"]
+    a = by_folder.compute(sets["shifted"], None, None, None, NoGuidance())["fid_clean/blobs300"]
+    b = by_npz.compute(sets["shifted"], None, None, None, NoGuidance())["fid_clean/blobs_stats"]
     assert a == pytest.approx(b, rel=1e-9) and a > 0.01
 
 
@@ -226,12 +227,12 @@ def test_train_with_missing_metric_weights_fails_before_training(tmp_path, cache
 
 
 def test_latent_samples_are_decoded_once_per_sample_set(sets):
-    """A latent teacher's ``decode_latents`` turns samples into images; the suite's metrics share one decode."""
+    """A latent teacher's ``decode`` turns samples into images; the suite's metrics share one decode."""
 
     class LatentTeacher:
         calls = 0
 
-        def decode_latents(self, z):  # (B, 4, 8, 8) -> (B, 3, 16, 16)
+        def decode(self, z):  # (B, 4, 8, 8) -> (B, 3, 16, 16)
             LatentTeacher.calls += 1
             return nn.functional.interpolate(z[:, :3], scale_factor=2, mode="nearest")
 
@@ -241,8 +242,8 @@ def test_latent_samples_are_decoded_once_per_sample_set(sets):
                          CleanFID("teacher", mode="legacy_pytorch", features=RandomConv(), image_size=SIZE, name="b")])
     suite.set_teacher_samples(latents, teacher)
     calls = LatentTeacher.calls
-    out = suite.compute(latents, None, None, teacher, 0.0)
+    out = suite.compute(latents, None, None, teacher, NoGuidance())
     assert abs(out["a"]) < 1e-6 and abs(out["b"]) < 1e-6
     assert LatentTeacher.calls == calls  # the same latents: decoded once, shared
-    with pytest.raises(ValueError, match="decode_latents"):
-        CleanFID("teacher", features=RandomConv(), image_size=SIZE).compute(latents, None, None, None, 0.0)
+    with pytest.raises(ValueError, match="Teacher.decode"):
+        CleanFID("teacher", features=RandomConv(), image_size=SIZE).compute(latents, None, None, None, NoGuidance())

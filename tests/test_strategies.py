@@ -2,15 +2,14 @@
 
 import pytest
 import torch
+from hydra.errors import MissingConfigException
 
 from tdd_lab.schedules import VPSchedule
 from tdd_lab.solvers import DDIMSolver
-from hydra.errors import MissingConfigException
-
 from tdd_lab.strategies import LCMStrategy, PCMStrategy, TCDStrategy, TDDStrategy
+from tdd_lab.timesteps import ddim_grid
 from tdd_lab.validate import ConfigError
 from tests.conftest import build_option
-from tdd_lab.timesteps import ddim_grid
 
 from .test_timesteps import SPEC_M
 

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from hydra.utils import instantiate as hydra_instantiate
 
 from tdd_lab.train import train

@@ -67,8 +67,9 @@ class PipelineExporter(Exporter):
         net = instantiate(info["network"], getattr(pipe, info["model_attr"]))
         denoiser = Denoiser(net, schedule, meta["prediction_type"], compute_dtype=torch.float32).to(device)
         prompts = info.get("label_prompts") or [""]
-        conditioner = get_class(info["conditioner"]["_target_"])(
-            pipe, prompts, int(info["resolution"]), **{k: v for k, v in info["conditioner"].items() if k != "_target_"})
+        conditioner = get_class(info["conditioner"]["_target_"])(  # the pipeline's VAE keeps its dtype
+            pipe, prompts, int(info["resolution"]), vae_dtype=pipe.vae.dtype,
+            **{k: v for k, v in info["conditioner"].items() if k != "_target_"})
         return ExportedStudent(denoiser, conditioner.to(device), tuple(meta["sample_shape"]), save_images, meta, pipe, info)
 
 
