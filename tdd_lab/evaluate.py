@@ -27,9 +27,8 @@ import inspect
 import json
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -43,7 +42,7 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from tdd_lab.utils.cache import atomic_write_json
-from tdd_lab.validate import ConfigError, instantiate
+from tdd_lab.validate import JOB_STARTED, ConfigError, exit_2_on_bad_command_line, instantiate
 
 CSV_COLUMNS = ["time", "key", "metric", "steps", "eta", "guidance_scale", "timestep_schedule", "t_l", "value"]
 
@@ -282,9 +281,6 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], list[dict]]:
     return new, rows
 
 
-JOB_STARTED = threading.Event()  # set by the apps' task functions: Hydra composed the command line
-
-
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
 def main(cfg: DictConfig) -> list[dict]:
     JOB_STARTED.set()
@@ -297,19 +293,6 @@ def main(cfg: DictConfig) -> list[dict]:
     print_grid(rows)
     print(f"appended {len(new)} keys to {locate_run(Path(str(cfg.run_dir))) / 'metrics.json'}")
     return rows
-
-
-def exit_2_on_bad_command_line(app: Callable[[], Any], name: str) -> None:
-    """Run the Hydra app ``app``; a command line that does not compose (an unknown key or option: Hydra prints
-    why and exits 1 before any job starts) exits with 2, as all bad input does. A job that crashes keeps 1."""
-    try:
-        app()
-    except SystemExit as e:
-        if e.code == 1 and not JOB_STARTED.is_set():
-            print(f"error: the command line does not compose (see above); `python -m {name} --help` lists the keys",
-                  file=sys.stderr)
-            sys.exit(2)
-        raise
 
 
 if __name__ == "__main__":

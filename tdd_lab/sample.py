@@ -24,11 +24,10 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from tdd_lab import samplers
 from tdd_lab.conditioner import condition_to
-from tdd_lab.evaluate import JOB_STARTED, exit_2_on_bad_command_line
 from tdd_lab.evaluation import fixed_noise
 from tdd_lab.export import ExportedStudent, load_student
 from tdd_lab.guider import ClassifierFreeGuidance
-from tdd_lab.validate import ConfigError
+from tdd_lab.validate import JOB_STARTED, ConfigError, exit_2_on_bad_command_line
 
 SAMPLERS = {name: getattr(samplers, name) for name in samplers.__all__ if name != "Sampler"}  # class name -> class
 

@@ -10,6 +10,9 @@ unwraps Hydra's ``InstantiationException`` into the error that caused it.
 
 from __future__ import annotations
 
+import sys
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +26,8 @@ from tdd_lab.timesteps import check_grid_size
 from tdd_lab.utils.hub import check_pretrained
 from tdd_lab.utils.validation import ConfigError
 
-__all__ = ["Components", "ConfigError", "check_pretrained", "instantiate", "preflight", "root_cause"]
+__all__ = ["JOB_STARTED", "Components", "ConfigError", "check_pretrained", "exit_2_on_bad_command_line", "instantiate",
+           "preflight", "root_cause"]
 
 
 def root_cause(e: BaseException) -> BaseException:
@@ -124,3 +128,20 @@ def preflight(cfg: DictConfig) -> Components:
     if resume not in (None, "auto") and not Path(str(resume)).is_file():
         raise ConfigError(f"resume: checkpoint {str(resume)!r} not found (use a .ckpt path, 'auto' or null)")
     return parts
+
+
+# ---- the Hydra apps' exit codes: all bad input exits with 2 ---------------------------------------------
+JOB_STARTED = threading.Event()  # set by the apps' task functions: Hydra composed the command line
+
+
+def exit_2_on_bad_command_line(app: Callable[[], Any], name: str) -> None:
+    """Run the Hydra app ``app``; a command line that does not compose (an unknown key or option: Hydra prints
+    why and exits 1 before any job starts) exits with 2, as all bad input does. A job that crashes keeps 1."""
+    try:
+        app()
+    except SystemExit as e:
+        if e.code == 1 and not JOB_STARTED.is_set():
+            print(f"error: the command line does not compose (see above); `python -m {name} --help` lists the keys",
+                  file=sys.stderr)
+            sys.exit(2)
+        raise

@@ -16,7 +16,7 @@ from tdd_lab.conditioner import CLIPTextConditioner
 from tdd_lab.data.digits import digit_prompt
 from tdd_lab.denoiser import Denoiser
 from tdd_lab.nets.unet import UNetDenoiser
-from tdd_lab.pretrain import build_digits_unet, build_text_encoder, pretrain_digits_teacher  # noqa: F401
+from tdd_lab.pretrain import pretrain_digits_teacher
 from tdd_lab.schedules import VPSchedule
 from tdd_lab.teachers.base import Teacher
 from tdd_lab.utils.cache import cached_dir, default_cache_dir
