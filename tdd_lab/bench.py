@@ -13,6 +13,8 @@ depend on the weights, so nothing is pretrained):
   (limit: the NFE ratio 25; target >= 15).
 - ``target_selection_us``: drawing TDD targets for a batch of 1024.
 - ``loader_images_per_s`` / ``train_images_per_s``: the image-folder loader vs the step's consumption.
+
+Each stage prints a progress line to stderr as it starts and ends (stdout stays the results).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -179,6 +182,19 @@ def bench_loader(num_images: int, resolution: int, batch_size: int, num_workers:
                 "loader_resolution": float(resolution)}
 
 
+def run_stages(stages: list[tuple[str, Callable[[], dict[str, float]]]], out=sys.stderr) -> dict[str, float]:
+    """Run ``(name, fn)`` stages in order, merging their results; one progress line per stage start and end."""
+    results: dict[str, float] = {}
+    t_all = time.perf_counter()
+    for i, (name, fn) in enumerate(stages, start=1):
+        print(f"bench [{i}/{len(stages)}] {name} ...", file=out, flush=True)
+        t0 = time.perf_counter()
+        results.update(fn())
+        print(f"bench [{i}/{len(stages)}] {name}: {time.perf_counter() - t0:.1f} s "
+              f"({time.perf_counter() - t_all:.0f} s in all)", file=out, flush=True)
+    return results
+
+
 def run(quick: bool = False, cache_dir: str | None = None) -> dict[str, float]:
     torch.manual_seed(0)
     own_cache = cache_dir is None
@@ -186,13 +202,15 @@ def run(quick: bool = False, cache_dir: str | None = None) -> dict[str, float]:
     warmup, reps = (2, 5) if quick else (3, 15)
     module = digits_module(cache_dir)
     results = {"batch_size": 64.0, "threads": float(torch.get_num_threads())}
-    results.update(bench_train(module, 64, warmup, reps))
-    results.update(bench_lightning_step(module, 64, warmup, reps))
+    results.update(run_stages([
+        ("training step and its network passes", lambda: bench_train(module, 64, warmup, reps)),
+        ("training step inside Trainer.fit", lambda: bench_lightning_step(module, 64, warmup, reps)),
+        ("sampling: 4-step student vs 50-step CFG teacher", lambda: bench_sampling(module, 256, 3 if quick else 6)),
+        ("TDD target selection", lambda: bench_targets(50 if quick else 200)),
+        ("image-folder loader", lambda: bench_loader(64 if quick else 256, 64, 16, 0 if quick else 2)),
+    ]))
     passes = results["student_fwd_bwd_s"] + results["teacher_2b_fwd_s"] + results["target_fwd_s"]
     results["lightning_overhead_ratio"] = results["lightning_step_s"] / passes
-    results.update(bench_sampling(module, 256, 3 if quick else 6))
-    results.update(bench_targets(50 if quick else 200))
-    results.update(bench_loader(64 if quick else 256, 64, 16, 0 if quick else 2))
     results["loader_vs_train_images"] = results["loader_images_per_s"] / results["train_images_per_s"]
     if own_cache:
         import shutil

@@ -17,6 +17,11 @@ appends to ``RUN/metrics.json``, atomically under a file lock, keys that spell o
 clipping; metrics evaluated with deterministic samplers, such as gmm2d's ``ode_error``, record eta0), rows to
 ``RUN/evaluate.csv`` and, when the run logs to W&B, a W&B run (``job_type=evaluate``) in the training run's
 group. Bad input exits with code 2 and ``error: ...``. Hydra's own files go to ``RUN/.hydra_evaluate/``.
+
+Settings that collapse onto another are said so and recorded once, under the setting they equal: an ``eta``
+asked of deterministic metrics (recorded as eta0), a non-equidistant schedule whose timesteps at some K are
+the equidistant ones (recorded without ``/noneq``). A collapsed setting whose keys are already in
+``metrics.json`` (an earlier job of the grid) is not evaluated again.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import csv
 import fcntl
 import inspect
 import json
+import logging
 import sys
 import tempfile
 import time
@@ -42,8 +48,18 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from tdd_lab.utils.cache import atomic_write_json
-from tdd_lab.validate import JOB_STARTED, ConfigError, exit_2_on_bad_command_line, instantiate
+from tdd_lab.validate import (
+    JOB_STARTED,
+    ConfigError,
+    check_evaluator,
+    check_keys,
+    exit_2_on_bad_command_line,
+    instantiate,
+)
 
+log = logging.getLogger(__name__)
+KEYS = {"steps": {int}, "eta": {float}, "guidance_scale": {float}, "t_l": {int}, "num_samples": {int},
+        "batch_size": {int}, "wandb": {bool}}  # the typed keys of conf/evaluate.yaml (steps: each item)
 CSV_COLUMNS = ["time", "key", "metric", "steps", "eta", "guidance_scale", "timestep_schedule", "t_l", "value"]
 
 
@@ -140,6 +156,54 @@ def build_sampler(run_cfg: DictConfig, cfg: DictConfig):
     if "t_l" in kwargs and "thresholding" in params:
         kwargs["thresholding"] = kwargs["t_l"] >= 0
     return instantiate(run_cfg.sampler, "sampler", **kwargs)
+
+
+def check_app_keys(cfg: DictConfig) -> None:
+    """Types and ranges of the app's own keys (``num_samples=0`` fails here, not after sampling)."""
+    check_keys(cfg, KEYS)
+    for key, low in (("num_samples", 2), ("batch_size", 1)):
+        if cfg[key] is not None and cfg[key] < low:
+            raise ConfigError(f"{key} must be >= {low}, got {cfg[key]}")
+    if cfg.guidance_scale is not None and cfg.guidance_scale < 0:
+        raise ConfigError(f"guidance_scale must be >= 0 (diffusers' convention, 1 = no CFG), got {cfg.guidance_scale}")
+
+
+def sampler_timesteps(sampler, schedule_config: dict, k: int) -> list[int]:
+    """The training timesteps ``sampler`` calls the network at for ``k`` steps."""
+    scheduler = sampler.make_scheduler(schedule_config)
+    scheduler.set_timesteps(k)
+    return [int(t) for t in sampler.network_timesteps(scheduler)]
+
+
+def collapsed_steps(run_cfg: DictConfig, cfg: DictConfig, sampler, schedule_config: dict, steps) -> list[int]:
+    """The step counts at which a requested non-equidistant schedule has the equidistant timesteps."""
+    if cfg.timestep_schedule != "nonequidistant":
+        return []
+    equidistant = build_sampler(run_cfg, OmegaConf.merge(cfg, {"timestep_schedule": "equidistant"}))
+    return [k for k in steps if sampler_timesteps(sampler, schedule_config, k) ==
+            sampler_timesteps(equidistant, schedule_config, k)]
+
+
+def effective_suffixes(cfg: DictConfig, evaluator, eta, g: float, schedule: str, t_l: int, same_as_equidistant,
+                       recorded: dict) -> dict[int, str]:
+    """{K: key suffix} of the step counts to evaluate: collapsed settings under the setting they equal (a warning
+    says so); a collapsed K whose keys ``recorded`` already holds is dropped (a warning says so)."""
+    eta_collapsed = cfg.eta is not None and eta is not None and float(cfg.eta) != float(eta)
+    if eta_collapsed:
+        log.warning("eta=%g: the run's metrics are measured with deterministic sampling (eta 0), so this setting "
+                    "equals eta=0 and is recorded as eta0", cfg.eta)
+    if same_as_equidistant:
+        log.warning("timestep_schedule=nonequidistant: at K=%s the non-equidistant timesteps are the equidistant "
+                    "ones, so those keys are recorded without /noneq", same_as_equidistant)
+    out = {}
+    for k in evaluator.steps:
+        suffix = setting_suffix(eta, g, "equidistant" if k in same_as_equidistant else schedule, t_l)
+        seen = any(key.startswith("eval/") and key.endswith(f"@{k}/{suffix}") for key in recorded)
+        if seen and (eta_collapsed or k in same_as_equidistant):
+            log.warning("K=%d: %s is already in metrics.json (the same setting): not evaluated again", k, suffix)
+            continue
+        out[k] = suffix
+    return out
 
 
 def setting(sampler, deterministic: bool) -> tuple[float | None, str, int]:
@@ -246,8 +310,10 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], list[dict]]:
 
     if OmegaConf.is_missing(cfg, "run_dir"):
         raise ConfigError("run_dir: required, the training run to evaluate (run_dir=logs/train/runs/...)")
+    check_app_keys(cfg)
     run = locate_run(Path(str(cfg.run_dir)))
     run_cfg = run_config(run, cfg)
+    check_evaluator(run_cfg.metrics, "metrics")
     evaluator = instantiate(run_cfg.metrics, "metrics")
     student = load_student(run, cfg.device)
     n = student.num_ddim_timesteps
@@ -262,17 +328,24 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], list[dict]]:
         raise ConfigError(str(e)) from None
     sampler = build_sampler(run_cfg, cfg)
     eta, schedule, t_l = setting(sampler, evaluator.metrics.deterministic)
+    same = collapsed_steps(run_cfg, cfg, sampler, student.denoiser.schedule.diffusers_config(), evaluator.steps)
+    recorded = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").exists() else {}
+    suffixes = effective_suffixes(cfg, evaluator, eta, g, schedule, t_l, same, recorded)
+    if not suffixes:
+        return {}, []
+    evaluator.steps = list(suffixes)
     teacher = instantiate(run_cfg.teacher, "teacher").to(cfg.device)
 
     results, _ = evaluator.evaluate_student(student.denoiser, teacher, guidance, sampler, cfg.device)
-    suffix, stamp = setting_suffix(eta, g, schedule, t_l), time.strftime("%Y-%m-%dT%H:%M:%S")
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
     new, rows = {}, []
     for base_key, value in results.items():
-        key = grid_key(base_key, suffix)
-        new[key] = float(value)
         metric, k = base_key.split("/", 1)[1].rsplit("@", 1)
+        key = grid_key(base_key, suffixes[int(k)])
+        new[key] = float(value)
         rows.append({"time": stamp, "key": key, "metric": metric, "steps": int(k), "eta": eta, "guidance_scale": g,
-                     "timestep_schedule": schedule, "t_l": t_l, "value": float(value)})
+                     "timestep_schedule": "equidistant" if int(k) in same else schedule, "t_l": t_l,
+                     "value": float(value)})
     append_metrics(run, new)
     append_csv(run, rows)
     if cfg.wandb:
@@ -290,8 +363,11 @@ def main(cfg: DictConfig) -> list[dict]:
     except (ConfigError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    print_grid(rows)
-    print(f"appended {len(new)} keys to {locate_run(Path(str(cfg.run_dir))) / 'metrics.json'}")
+    run = locate_run(Path(str(cfg.run_dir)))
+    if rows:
+        print_grid(rows)
+    print(f"appended {len(new)} keys to {run / 'metrics.json'}")
+    print(f"run directory: {run.resolve()}")
     return rows
 
 

@@ -10,16 +10,67 @@ from hydra.utils import get_class
 from pytorch_lightning.loggers import WandbLogger
 
 
+def describe_sampler(desc: dict) -> str:
+    """``{"class": "TDDSampler", "eta": 0.2, ...}`` -> ``TDDSampler eta 0.2``."""
+    eta = desc.get("eta")
+    return f"{desc.get('class', 'sampler')}" + ("" if eta is None else f" eta {eta:g}")
+
+
+def caption_image(path: Path, caption: str, min_width: int = 0) -> None:
+    """Rewrite the PNG at ``path`` with ``caption`` in a strip above it; images narrower than ``min_width`` are
+    first enlarged by an integer factor with nearest-neighbour sampling (8x8 digits stay crisp)."""
+    import textwrap
+
+    from PIL import Image, ImageDraw, ImageFont
+
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+    if min_width and im.width < min_width:
+        f = -(-min_width // im.width)
+        im = im.resize((im.width * f, im.height * f), Image.Resampling.NEAREST)
+    font = ImageFont.load_default(size=14)
+    left, top, right, bottom = font.getbbox("Ag")
+    line_h, char_w = bottom - top + 4, max(1, (font.getbbox("abcdefghij")[2] - left) / 10)
+    lines = textwrap.wrap(caption, width=max(10, int((im.width - 8) / char_w))) or [""]
+    band = line_h * len(lines) + 6
+    out = Image.new("RGB", (im.width, im.height + band), "white")
+    out.paste(im, (0, band))
+    draw = ImageDraw.Draw(out)
+    for i, line in enumerate(lines):
+        draw.text((4, 3 + i * line_h - top), line, fill="black", font=font)
+    out.save(path)
+
+
 def save_sample_grids(directory: Path, teacher, evaluator, student: dict[int, torch.Tensor],
-                      teacher_samples: dict[int, torch.Tensor]) -> dict[str, Path]:
-    """PNG per step count (digits: image grids; gmm2d: scatter plots); returns {name: path}."""
+                      teacher_samples: dict[int, torch.Tensor], sampler: dict | None = None,
+                      guidance=None) -> dict[str, Path]:
+    """PNG per step count (digits: image grids; gmm2d: scatter plots) with a caption strip saying who sampled,
+    how many steps, the sampler and the guidance, and a JSON sidecar with the same and the samples' labels
+    (``label_prompts[label]`` is a sample's prompt for text teachers); returns {name: path}."""
+    import json
+
     directory.mkdir(parents=True, exist_ok=True)
     _, labels = evaluator.inputs(teacher)
+    prompts = list(teacher.conditioner.label_prompts)
+    image_like = len(teacher.sample_shape) == 3
+    sampler_text = describe_sampler(sampler or {})
+    teacher_w = None if guidance is None else float(guidance.teacher_w)
     paths = {}
     for prefix, samples in (("student", student), ("teacher", teacher_samples)):
         for k, x in samples.items():
             path = directory / f"{prefix}_{k}steps.png"
             teacher.save_samples(x, labels[: len(x)], path)
+            reference = prefix == "teacher" and k == evaluator.teacher_steps and k not in evaluator.steps
+            how = ("reference DDIM" if reference else sampler_text) + (
+                f", CFG scale {evaluator.guidance_scale:g}" if prefix == "student"
+                else "" if teacher_w is None else f", CFG w {teacher_w:g}")
+            what = (f"prompts: {prompts[0]!r} ... {prompts[-1]!r} in turn" if prompts and len(prompts) > 1
+                    else f"prompt: {prompts[0]!r}" if prompts else f"class labels 0..{int(labels.max())} in turn")
+            caption_image(path, f"{prefix} | {k} steps | {how} | {what}", min_width=640 if image_like else 0)
+            path.with_suffix(".json").write_text(json.dumps(
+                {"who": prefix, "steps": k, "sampler": "reference DDIM" if reference else sampler,
+                 "guidance_scale": evaluator.guidance_scale if prefix == "student" else None, "teacher_w": teacher_w,
+                 "label_prompts": prompts, "labels": labels[: len(x)].tolist()}, indent=1, default=str))
             paths[f"samples/{prefix}@{k}"] = path
     return paths
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import shutil
 import time
 from pathlib import Path
@@ -21,6 +22,21 @@ import torch
 from tqdm.auto import tqdm
 
 from tdd_lab.utils.threads import fixed_threads
+
+log = logging.getLogger(__name__)
+
+
+def progress_lines(total: int, what: str, every: float = 0.1):
+    """A callback ``(step, loss)`` that logs ``what: step i/total, loss, elapsed`` about every ``every`` of the
+    run: progress that log files and non-interactive terminals show (a tqdm bar only redraws one line)."""
+    start, stride = time.time(), max(1, int(total * every))
+
+    def report(step: int, loss: float | None = None) -> None:
+        if (step + 1) % stride == 0 or step + 1 == total:
+            extra = "" if loss is None else f", loss {loss:.4f}"
+            log.info("%s: step %d/%d%s, %.0f s", what, step + 1, total, extra, time.time() - start)
+
+    return report
 
 
 def build_digits_unet(channels: tuple[int, int] = (32, 64), text_dim: int = 64):
@@ -76,6 +92,9 @@ def _pretrain_digits_teacher(out: Path, config: dict, alphas_cumprod: torch.Tens
     gen = torch.Generator().manual_seed(c["seed"])
     abar = alphas_cumprod
     start, losses = time.time(), []
+    log.info("pretraining the digits teacher once (%d steps; minutes on a CPU), cached in %s for later runs",
+             c["train_steps"], out.parent)
+    report = progress_lines(c["train_steps"], "pretraining digits teacher")
     bar = tqdm(range(c["train_steps"]), desc="pretraining digits teacher", mininterval=2.0)
     for step in bar:
         idx = torch.randint(0, len(images), (c["batch_size"],), generator=gen)
@@ -98,6 +117,7 @@ def _pretrain_digits_teacher(out: Path, config: dict, alphas_cumprod: torch.Tens
         losses.append(loss.item())
         if step % 200 == 0:
             bar.set_postfix(loss=f"{sum(losses[-200:]) / len(losses[-200:]):.4f}")
+        report(step, sum(losses[-200:]) / len(losses[-200:]))
     ema.save_pretrained(out / "unet")
     (out / "pretrain.json").write_text(json.dumps(
         {"final_loss": sum(losses[-200:]) / max(1, len(losses[-200:])), "seconds": time.time() - start,
@@ -123,7 +143,9 @@ def _fit_gmm_student_init(out: Path, teacher, net_config: dict, steps: int, seed
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     schedule, mixture = teacher.schedule, teacher.mixture
-    for _ in tqdm(range(steps), desc="fitting gmm2d student init", mininterval=2.0):
+    log.info("fitting the gmm2d student's initial MLP once (%d steps), cached in %s for later runs", steps, out.parent)
+    report = progress_lines(steps, "fitting gmm2d student init")
+    for step in tqdm(range(steps), desc="fitting gmm2d student init", mininterval=2.0):
         x0, labels = mixture.sample(512, generator=gen)
         labels = torch.where(torch.rand(512, generator=gen) < 0.1, NULL_LABEL, labels)
         t = torch.randint(0, schedule.num_train_timesteps, (512,), generator=gen)
@@ -135,4 +157,5 @@ def _fit_gmm_student_init(out: Path, teacher, net_config: dict, steps: int, seed
         loss.backward()
         opt.step()
         sched.step()
+        report(step, loss.item())
     save_file(net.state_dict(), str(out / "mlp.safetensors"))

@@ -2,16 +2,19 @@
 
 Reads every run of a Hydra multirun (``SWEEP_DIR/*/metrics.json`` with ``.hydra/overrides.yaml``),
 writes ``ablation.csv`` (one row per run: its varied settings and metrics), ``ablation.md`` (runs
-grouped over seeds: mean +- std, best value per metric in bold), plots of each metric against the
-step count, one line per setting, and, where ``python -m tdd_lab.evaluate`` swept the guidance scale
-(keys ``eval/<metric>@<K>/eta<e>/g<g>...``), each metric against the guidance scale; prints the
-markdown table.
+grouped over seeds: mean +- std, best value per metric in bold; columns in numeric step order, @2 @4 @10),
+plots of each metric against the step count, one line per setting with its spread over seeds (error bars:
+std) and the teacher's own curve (``teacher/<metric>@K``, dashed; its reference run as a dotted line), and,
+where ``python -m tdd_lab.evaluate`` swept the guidance scale (keys ``eval/<metric>@<K>/eta<e>/g<g>...``),
+each metric against the guidance scale; prints the markdown table. A run whose ``metrics.json`` or
+``overrides.yaml`` cannot be read is skipped with a warning naming it.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import math
 import re
 import statistics
@@ -28,21 +31,50 @@ def better_low(metric: str) -> bool:
     return any(k in metric for k in LOWER_IS_BETTER)
 
 
+def read_run(run_dir: Path) -> tuple[dict, dict]:
+    """(overrides, metrics) of one run; ``ValueError`` naming the file when either cannot be read."""
+    overrides = {}
+    ov_file = run_dir / ".hydra" / "overrides.yaml"
+    if ov_file.exists():
+        try:
+            items = yaml.safe_load(ov_file.read_text()) or []
+        except yaml.YAMLError as e:
+            raise ValueError(f"{ov_file}: not valid YAML ({str(e).splitlines()[0]})") from None
+        for item in items:
+            key, _, value = str(item).lstrip("+~").partition("=")
+            if not key.startswith("hydra"):
+                overrides[key] = value
+    mfile = run_dir / "metrics.json"
+    try:
+        metrics = json.loads(mfile.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{mfile}: not valid JSON ({e}); truncated or still being written?") from None
+    if not isinstance(metrics, dict):
+        raise ValueError(f"{mfile}: expected a JSON object of metrics, got {type(metrics).__name__}")
+    return overrides, metrics
+
+
 def load_runs(sweep_dir: Path) -> list[dict]:
-    """[{"dir", "overrides": {key: value}, "metrics": {...}}] for every finished run below ``sweep_dir``."""
+    """[{"dir", "overrides": {key: value}, "metrics": {...}}] for every finished run below ``sweep_dir``; a run
+    whose files cannot be read is skipped with a warning on stderr."""
     runs = []
     for mfile in sorted(sweep_dir.rglob("metrics.json")):
         run_dir = mfile.parent
-        ov_file = run_dir / ".hydra" / "overrides.yaml"
-        overrides = {}
-        if ov_file.exists():
-            for item in yaml.safe_load(ov_file.read_text()) or []:
-                key, _, value = item.lstrip("+~").partition("=")
-                if not key.startswith("hydra"):
-                    overrides[key] = value
-        runs.append({"dir": str(run_dir.relative_to(sweep_dir)), "overrides": overrides,
-                     "metrics": yaml.safe_load(mfile.read_text())})
+        try:
+            overrides, metrics = read_run(run_dir)
+        except ValueError as e:
+            print(f"warning: skipping run {run_dir.relative_to(sweep_dir)}: {e}", file=sys.stderr)
+            continue
+        runs.append({"dir": str(run_dir.relative_to(sweep_dir)), "overrides": overrides, "metrics": metrics})
     return runs
+
+
+def metric_order(name: str) -> tuple:
+    """Sort key of metric names: ``eval/fid@2`` < ``eval/fid@4`` < ``eval/fid@10`` (numeric step counts), then
+    the setting suffix of evaluate's keys (``eval/fid@4/eta0.2/g1.5``)."""
+    base, at, rest = name.partition("@")
+    k, _, setting = rest.partition("/")
+    return (base, not at, int(k) if k.isdigit() else math.inf, setting)
 
 
 def varied_keys(runs: list[dict]) -> list[str]:
@@ -60,7 +92,7 @@ def _fmt(values: list[float]) -> str:
 def build_tables(runs: list[dict], seed_key: str = "seed"):
     """(csv rows, markdown text, grouped {label: {metric: [values]}})."""
     keys = varied_keys(runs)
-    metrics = sorted({m for r in runs for m in r["metrics"] if "@" in m or m.startswith("eval/")})
+    metrics = sorted({m for r in runs for m in r["metrics"] if "@" in m or m.startswith("eval/")}, key=metric_order)
     rows = [{"run": r["dir"], **{k: r["overrides"].get(k, "") for k in keys},
              **{m: r["metrics"].get(m, "") for m in metrics}} for r in runs]
     group_keys = [k for k in keys if k != seed_key]
@@ -87,8 +119,40 @@ def build_tables(runs: list[dict], seed_key: str = "seed"):
     return rows, "\n".join(lines) + note, groups
 
 
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return math.nan, math.nan
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def teacher_lines(groups, fam: str, steps: list[int]) -> dict[str, tuple[list, list]]:
+    """The teacher's own curve of ``eval/<m>``: ``teacher/<m>@K`` at the students' step counts (one line, or one
+    per setting when the settings change the teacher's numbers, e.g. a sweep over guidance.w)."""
+    name = fam.split("/", 1)[1]
+    per_group = {label: [_mean_std(vals.get(f"teacher/{name}@{k}", []))[0] for k in steps]
+                 for label, vals in groups.items()}
+    per_group = {label: ys for label, ys in per_group.items() if any(y == y for y in ys)}
+    distinct = {tuple(round(y, 12) if y == y else None for y in ys) for ys in per_group.values()}
+    if len(distinct) == 1:
+        return {"teacher (same sampler)": (steps, next(iter(per_group.values())))}
+    return {f"teacher [{label}]": (steps, ys) for label, ys in per_group.items()}
+
+
+def teacher_reference(groups, fam: str, steps: list[int]) -> dict[str, float]:
+    """``{"teacher @K_ref": mean}`` of the teacher's reference runs (``teacher/<m>@K`` at K no student used)."""
+    name = fam.split("/", 1)[1]
+    ref = defaultdict(list)
+    for vals in groups.values():
+        for m, values in vals.items():
+            match = re.fullmatch(rf"teacher/{re.escape(name)}@(\d+)", m)
+            if match and int(match.group(1)) not in steps:
+                ref[int(match.group(1))] += values
+    return {f"teacher {k} steps (reference)": statistics.fmean(v) for k, v in sorted(ref.items()) if v}
+
+
 def plot_vs_steps(groups, out_dir: Path) -> list[Path]:
-    """One PNG per metric family ``eval/<m>@K``: mean over seeds against K, one line per setting."""
+    """One PNG per metric family ``eval/<m>@K``: mean over seeds against K with std error bars, one line per
+    setting; the teacher at the same step counts (dashed) and its reference run (dotted)."""
     families = defaultdict(set)
     for vals in groups.values():
         for m in vals:
@@ -98,15 +162,21 @@ def plot_vs_steps(groups, out_dir: Path) -> list[Path]:
     paths = []
     for fam, steps in sorted(families.items()):
         steps = sorted(steps)
-        lines = {label: (steps, [statistics.fmean(vals[f"{fam}@{k}"]) if vals.get(f"{fam}@{k}") else float("nan")
-                                 for k in steps]) for label, vals in groups.items()}
+        lines, spread = {}, {}
+        for label, vals in groups.items():
+            stats = [_mean_std(vals.get(f"{fam}@{k}", [])) for k in steps]
+            lines[label], spread[label] = (steps, [m for m, _ in stats]), [sd for _, sd in stats]
         paths.append(line_plot(out_dir / f"ablation_{fam.replace('/', '_')}.png", lines, "sampling steps", fam,
-                               xticks=steps))
+                               xticks=steps, yerr=spread, dashed=teacher_lines(groups, fam, steps),
+                               hlines=teacher_reference(groups, fam, steps)))
     return paths
 
 
-def line_plot(path: Path, lines: dict[str, tuple[list, list]], xlabel: str, ylabel: str, xticks=None) -> Path:
-    """One PNG with a marked line per ``{label: (xs, ys)}``."""
+def line_plot(path: Path, lines: dict[str, tuple[list, list]], xlabel: str, ylabel: str, xticks=None,
+              yerr: dict[str, list] | None = None, dashed: dict[str, tuple[list, list]] | None = None,
+              hlines: dict[str, float] | None = None) -> Path:
+    """One PNG with a marked line per ``{label: (xs, ys)}``, error bars ``yerr[label]`` (std over seeds),
+    grey dashed reference lines ``dashed`` and dotted horizontal lines ``hlines``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -114,7 +184,13 @@ def line_plot(path: Path, lines: dict[str, tuple[list, list]], xlabel: str, ylab
 
     fig, ax = plt.subplots(figsize=(5, 3.5), dpi=110)
     for label, (xs, ys) in lines.items():
-        ax.plot(xs, ys, marker="o", label=label)
+        err = (yerr or {}).get(label)
+        ax.errorbar(xs, ys, yerr=err if err and any(e > 0 for e in err) else None, marker="o", capsize=3,
+                    label=label)
+    for i, (label, (xs, ys)) in enumerate((dashed or {}).items()):
+        ax.plot(xs, ys, "--", marker="x", color=str(0.35 + 0.15 * (i % 4)), label=label)
+    for i, (label, y) in enumerate((hlines or {}).items()):
+        ax.axhline(y, linestyle=":", color=str(0.3 + 0.15 * (i % 4)), label=label)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if xticks is not None:
@@ -129,8 +205,9 @@ def line_plot(path: Path, lines: dict[str, tuple[list, list]], xlabel: str, ylab
 GRID_KEY = re.compile(r"(?P<metric>eval/[^@]+)@(?P<k>\d+)/(?P<setting>.+)")
 
 
-def guidance_curves(groups) -> dict[str, dict[str, dict[float, float]]]:
-    """{``<metric>@<K>``: {line label: {guidance scale: mean}}} from the evaluate CLI's grid keys.
+def guidance_curves(groups, stat=statistics.fmean) -> dict[str, dict[str, dict[float, float]]]:
+    """{``<metric>@<K>``: {line label: {guidance scale: stat(values)}}} (default the mean over seeds) from the
+    evaluate CLI's grid keys.
 
     A line is one run setting (the report's group) and one sampler setting without the guidance scale
     (e.g. ``eta0.2``, ``eta0.2/noneq``); its points are the guidance scales evaluated.
@@ -147,19 +224,22 @@ def guidance_curves(groups) -> dict[str, dict[str, dict[float, float]]]:
                 continue
             rest = "/".join(p for p in parts if p != g[0])
             line = f"{label} [{rest}]" if rest else label
-            curves[f"{match.group('metric')}@{match.group('k')}"][line][float(g[0][1:])] = statistics.fmean(values)
+            curves[f"{match.group('metric')}@{match.group('k')}"][line][float(g[0][1:])] = stat(values)
     return curves
 
 
 def plot_vs_guidance(groups, out_dir: Path) -> list[Path]:
-    """One PNG per ``eval/<m>@K`` swept over the guidance scale: the metric against the scale, one line per setting."""
+    """One PNG per ``eval/<m>@K`` swept over the guidance scale: the metric against the scale, one line per setting
+    with its spread over seeds."""
     paths = []
-    for fam, lines in sorted(guidance_curves(groups).items()):
+    spreads = guidance_curves(groups, stat=lambda v: _mean_std(v)[1])
+    for fam, lines in sorted(guidance_curves(groups).items(), key=lambda item: metric_order(item[0])):
         if max(len(points) for points in lines.values()) < 2:
             continue  # a single guidance scale is no curve
         xy = {line: (sorted(points), [points[x] for x in sorted(points)]) for line, points in lines.items()}
+        err = {line: [spreads[fam][line][x] for x in sorted(points)] for line, points in lines.items()}
         path = out_dir / f"ablation_guidance_{fam.replace('/', '_').replace('@', '_at')}.png"
-        paths.append(line_plot(path, xy, "guidance scale (CFG on the student)", fam))
+        paths.append(line_plot(path, xy, "guidance scale (CFG on the student)", fam, yerr=err))
     return paths
 
 
@@ -176,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no run with a metrics.json below {args.sweep_dir}", file=sys.stderr)
         return 2
     rows, markdown, groups = build_tables(runs, args.seed_key)
+    if len(runs) < len(list(args.sweep_dir.rglob("metrics.json"))):
+        markdown += f"\n\n{len(list(args.sweep_dir.rglob('metrics.json'))) - len(runs)} unreadable run(s) skipped (see the warnings)."
     with open(args.sweep_dir / "ablation.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()

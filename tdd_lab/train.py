@@ -1,8 +1,10 @@
 """Train a few-step student: ``python -m tdd_lab.train [+experiment=...] [group=option] [key=value]``.
 
-Config -> instantiate -> teacher / solver / strategy / guidance / loss / student / sampler objects
--> DistillationModule -> Trainer -> evaluation -> logger and ``metrics.json`` -> ``student/`` export.
-Returns the configured ``optimized_metric`` for sweepers.
+Config -> pre-flight checks -> teacher / solver / strategy / guidance / loss / student / sampler objects
+-> DistillationModule -> Trainer -> ``student/`` export -> evaluation -> logger and ``metrics.json``.
+The student is exported before it is evaluated, so a failing evaluation never loses it. SIGTERM (cluster
+preemption) saves ``checkpoints/last.ckpt`` and exits with 143 within a step. Prints the run directory at the
+end and returns the configured ``optimized_metric`` for sweepers.
 """
 
 from __future__ import annotations
@@ -15,16 +17,34 @@ from typing import Any
 import hydra
 import pytorch_lightning as pl
 import torch
+from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from tdd_lab.callbacks import SaveOnSigterm
 from tdd_lab.data.image_folder import DataQualityError
 from tdd_lab.export import export_student
 from tdd_lab.module import DistillationModule, NonFiniteLossError
 from tdd_lab.outputs import finish_loggers, log_results, make_loggers, print_table, save_sample_grids
 from tdd_lab.utils.cache import atomic_write_json
-from tdd_lab.validate import Components, ConfigError, instantiate, preflight
+from tdd_lab.validate import (
+    JOB_STARTED,
+    TRAIN_KEYS,
+    Components,
+    ConfigError,
+    check_keys,
+    exit_2_on_bad_command_line,
+    instantiate,
+    preflight,
+)
 
 log = logging.getLogger(__name__)
+SIGTERM_EXIT = 143  # 128 + SIGTERM: the shell's code for a process ended by SIGTERM
+
+
+class Preempted(Exception):
+    """Training stopped on SIGTERM after saving a resumable checkpoint."""
 
 
 def build_module(cfg: DictConfig, parts: Components) -> tuple[DistillationModule, Any]:
@@ -51,28 +71,72 @@ def build_module(cfg: DictConfig, parts: Components) -> tuple[DistillationModule
 
 
 def resume_path(cfg: DictConfig, out_dir: Path) -> str | None:
-    """``resume=auto``: the run dir's last checkpoint if there is one; ``resume=PATH``: that checkpoint."""
+    """``resume=auto``: the newest of the run dir's ``checkpoints/last.ckpt`` and Lightning's SLURM requeue
+    checkpoints (``hpc_ckpt_*.ckpt``), if any; ``resume=PATH``: that checkpoint."""
     resume = cfg.get("resume")
     if resume == "auto":
-        last = out_dir / "checkpoints" / "last.ckpt"
-        return str(last) if last.exists() else None
+        found = [p for p in [out_dir / "checkpoints" / "last.ckpt", *out_dir.glob("hpc_ckpt_*.ckpt")] if p.exists()]
+        return str(max(found, key=lambda p: p.stat().st_mtime)) if found else None
     return None if resume is None else str(resume)
 
 
+def checkpointing_warning(cfg: DictConfig) -> str | None:
+    """A warning when ``resume=auto`` is asked of a run that writes no periodic checkpoint (``debug=smoke``
+    turns them off): only SIGTERM would leave one, so a crash could never be resumed."""
+    if cfg.get("resume") != "auto":
+        return None
+    callbacks = (cfg.get("callbacks") or {}).values()
+    periodic = any(issubclass(get_class(str(c._target_)), ModelCheckpoint) for c in callbacks if "_target_" in c)
+    if periodic and cfg.trainer.get("enable_checkpointing", True) is not False:
+        return None
+    return ("resume=auto, but this run writes no checkpoints (trainer.enable_checkpointing=false or no "
+            "ModelCheckpoint in callbacks, as under debug=smoke): a crash cannot be resumed, only SIGTERM leaves "
+            "checkpoints/last.ckpt; add callbacks=default trainer.enable_checkpointing=true to checkpoint the run")
+
+
+def fit(cfg: DictConfig, module, datamodule, loggers, out_dir: Path) -> pl.Trainer:
+    """``Trainer.fit`` with the configured callbacks plus :class:`SaveOnSigterm`; raises :class:`Preempted`."""
+    on_sigterm = SaveOnSigterm(out_dir / "checkpoints")
+    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()] + [on_sigterm]
+    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+    for lg in loggers:
+        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    ckpt = resume_path(cfg, out_dir)
+    if cfg.get("resume") == "auto":
+        log.info("resume=auto: %s", f"continuing from {ckpt}" if ckpt else f"no checkpoint in {out_dir} yet, starting")
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt)
+    except SIGTERMException:
+        path, step = on_sigterm.saved or (None, trainer.global_step)
+        saved = f"checkpoint {path}: continue with resume=auto" if path else "no checkpoint saved"
+        raise Preempted(f"stopped by SIGTERM at step {step}; {saved}") from None
+    return trainer
+
+
+def export(cfg: DictConfig, module, parts: Components, out_dir: Path) -> Path | None:
+    """Write ``out_dir/student`` (unless ``export=false``) with the evaluator's recommended settings."""
+    if not cfg.get("export", True):
+        return None
+    evaluator, sampler, guidance = parts.evaluator, parts.sampler, parts.guidance
+    guider, _ = guidance.student_sampling(evaluator.guidance_scale)
+    return export_student(out_dir / "student", module.student, module.student_factory, module.teacher, sampler,
+                          guidance, {"sampler": sampler.describe(), "steps": evaluator.steps,
+                                     "guidance_scale": guider.guidance_scale},
+                          kohya=bool(cfg.get("export_kohya", False)), fused=bool(cfg.get("export_fused", False)))
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Fit, evaluate, log and export; returns the metrics written to ``metrics.json``."""
+    """Fit, export, evaluate and log; returns the metrics written to ``metrics.json``."""
     parts = preflight(cfg)  # every cheap component built once, before any weights are read
+    warning = checkpointing_warning(cfg)
+    if warning:
+        log.warning(warning)
     pl.seed_everything(cfg.seed, workers=True)
     out_dir = Path(cfg.paths.output_dir)
     module, datamodule = build_module(cfg, parts)
     evaluator, sampler, guidance = parts.evaluator, parts.sampler, parts.guidance
     loggers = make_loggers(cfg)
-    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
-    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
-    for lg in loggers:
-        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path(cfg, out_dir))
+    trainer = fit(cfg, module, datamodule, loggers, out_dir)
     if not trainer.is_global_zero:
         return {}
 
@@ -81,35 +145,45 @@ def train(cfg: DictConfig) -> dict[str, float]:
     device = trainer.strategy.root_device
     module.to(device).eval()
     teacher = module.teacher
-    student_metrics, student_samples = evaluator.evaluate_student(module.student, teacher, guidance, sampler, device)
-    teacher_metrics, teacher_samples = evaluator.evaluate_teacher(teacher, guidance, sampler, device)
+    exported = export(cfg, module, parts, out_dir)  # first: a failing evaluation must not lose the student
+    try:
+        student_metrics, student_samples = evaluator.evaluate_student(module.student, teacher, guidance, sampler,
+                                                                      device)
+        teacher_metrics, teacher_samples = evaluator.evaluate_teacher(teacher, guidance, sampler, device)
+    except Exception:
+        kept = (f"the trained student is exported in {exported}; `python -m tdd_lab.evaluate run_dir={out_dir}` "
+                "evaluates it again" if exported else f"the checkpoints in {out_dir / 'checkpoints'} hold the student")
+        log.error("evaluation failed after training: %s", kept)
+        raise
     metrics = {**student_metrics, **teacher_metrics, "train/steps": float(trainer.global_step)}
     if "train/loss" in trainer.callback_metrics:
         metrics["train/loss_final"] = float(trainer.callback_metrics["train/loss"])
     atomic_write_json(out_dir / "metrics.json", metrics)
 
-    images = save_sample_grids(out_dir / "samples", teacher, evaluator, student_samples, teacher_samples)
+    images = save_sample_grids(out_dir / "samples", teacher, evaluator, student_samples, teacher_samples,
+                               sampler.describe(), guidance)
     log_results(loggers, metrics, images, evaluator.steps)
-    if cfg.get("export", True):
-        guider, _ = guidance.student_sampling(evaluator.guidance_scale)
-        export_student(out_dir / "student", module.student, module.student_factory, teacher, sampler, guidance,
-                       {"sampler": sampler.describe(), "steps": evaluator.steps, "guidance_scale": guider.guidance_scale},
-                       kohya=bool(cfg.get("export_kohya", False)), fused=bool(cfg.get("export_fused", False)))
     print_table(metrics, evaluator.steps, evaluator.teacher_steps)
     finish_loggers(loggers, "success")
+    print(f"run directory: {out_dir.resolve()}")
     return metrics
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    JOB_STARTED.set()
     torch.set_float32_matmul_precision("high")
-    if cfg.get("cpu_threads") is not None:  # the same numbers on any core count (tdd_lab.utils.threads)
-        torch.set_num_threads(int(cfg.cpu_threads))
     try:
+        check_keys(cfg, TRAIN_KEYS)
+        if cfg.get("cpu_threads") is not None:  # the same numbers on any core count (tdd_lab.utils.threads)
+            torch.set_num_threads(int(cfg.cpu_threads))
         metrics = train(cfg)
     except (ConfigError, NonFiniteLossError, DataQualityError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except Preempted as e:
+        print(f"{e} (run directory: {Path(cfg.paths.output_dir).resolve()})", file=sys.stderr)
+        sys.exit(SIGTERM_EXIT)
     value = metrics.get(cfg.get("optimized_metric"))
     return None if value is None else float(value)
 
@@ -126,4 +200,4 @@ def accept_plus_groups(argv: list[str], groups=("experiment", "hparams_search"))
 
 if __name__ == "__main__":
     sys.argv = accept_plus_groups(sys.argv)
-    main()
+    exit_2_on_bad_command_line(main, "tdd_lab.train")

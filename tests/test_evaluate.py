@@ -80,7 +80,9 @@ def test_multirun_grid_appends_every_job(run, cache_dir, tmp_path):
     assert after["eval/ode_error@4/eta0/g1.5"] != after["eval/ode_error@4/eta0/g1"]  # CFG on the student acts
     assert after["eval/ode_error@4/eta0/g1/tl1"] != after["eval/ode_error@4/eta0/g1"]  # x0 clipping acts
     rows = list(csv.DictReader(open(run / "evaluate.csv")))
-    assert len(rows) == 8 * 4 and {r["key"] for r in rows} == set(new)  # every job appended its rows
+    # each of the 4 distinct settings is evaluated once (4 keys); the eta=0.3 jobs equal eta=0 ones: said, not redone
+    assert len(rows) == 4 * 4 and {r["key"] for r in rows} == set(new)
+    assert "recorded as eta0" in res.stderr + res.stdout
     grid = res.stdout.split("grid of 4 settings:")[1]  # the whole grid, printed at the end of the multirun
     assert all(f"| {s} |" in grid for s in settings)
     jobs = sorted(p.name for p in next((run / ".hydra_evaluate").glob("multirun_*")).iterdir() if p.is_dir())
@@ -161,6 +163,13 @@ def test_lcm_w_student_reproduces_and_refuses_cfg(tmp_path, cache_dir):
 
 @pytest.mark.slow
 def test_digits_guidance_and_schedule_grid_with_teacher_fidelity(tmp_path, cache_dir):
+    """A grid over guidance scale and schedule with the digits_fidelity metrics. At K = 2 and 4 (N = 50) the
+    non-equidistant timesteps are the equidistant ones, so those settings collapse (recorded once, without /noneq).
+
+    Measured (smoke student of a 20-step teacher, 100 samples): fid 68-117 and class_acc 0.07-0.09 (the teacher draws
+    no digits yet), fid_teacher 21.6 / 14.7 at 2 steps and 8.6 / 4.3 at 4 steps (g1 / g2), kid/teacher 70 / 51 and
+    20 / 9.4. Bounds: fid in (40, 400), class_acc below 0.3, fid_teacher in (1, 60), kid/teacher in (2, 200), and the
+    4-step student closer to the teacher's own samples than the 2-step one (both measures)."""
     run = train(tmp_path / "digits_run", cache_dir, *DIGITS)
     res = run_cli(["-m", "tdd_lab.evaluate", "-m", f"run_dir={run}", "steps=[2,4]", "guidance_scale=1,2",
                    "timestep_schedule=equidistant,nonequidistant", "metrics=digits_fidelity",
@@ -168,11 +177,16 @@ def test_digits_guidance_and_schedule_grid_with_teacher_fidelity(tmp_path, cache
                    "batch_size=100"], ROOT, cache_dir)
     assert res.returncode == 0, res.stderr[-3000:]
     metrics = json.loads((run / "metrics.json").read_text())
-    for name in ("fid", "class_acc", "fid_teacher", "kid/teacher"):
-        for setting in ("eta0.2/g1", "eta0.2/g2", "eta0.2/g1/noneq", "eta0.2/g2/noneq"):
-            value = metrics[f"eval/{name}@4/{setting}"]
-            assert value == value and abs(value) < 1e6  # finite
-    assert metrics["eval/fid_teacher@4/eta0.2/g1"] > 0
+    assert not [k for k in metrics if k.endswith("/noneq")]  # collapsed onto the equidistant settings
+    bounds = {"fid": (40, 400), "class_acc": (-1e-9, 0.3), "fid_teacher": (1, 60), "kid/teacher": (2, 200)}
+    for name, (lo, hi) in bounds.items():
+        for k in (2, 4):
+            for setting in ("eta0.2/g1", "eta0.2/g2"):
+                key = f"eval/{name}@{k}/{setting}"
+                assert lo < metrics[key] < hi, (key, metrics[key])
+    for name in ("fid_teacher", "kid/teacher"):
+        for g in ("g1", "g2"):
+            assert metrics[f"eval/{name}@4/eta0.2/{g}"] < metrics[f"eval/{name}@2/eta0.2/{g}"], (name, g)
     assert metrics["eval/fid@4/eta0.2/g2"] != metrics["eval/fid@4/eta0.2/g1"]  # CFG post-tuning changes samples
     assert not list(run.glob("wandb/offline-run-*"))  # smoke runs log to CSV: no W&B run is made
     assert (run / "evaluate.csv").exists()

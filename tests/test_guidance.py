@@ -20,6 +20,13 @@ def sdxl_like_condition(b):
     }
 
 
+def condition_dependent_denoiser(x, t, cond, timestep_cond=None):
+    """A toy denoiser whose output depends on every leaf of an SDXL-like condition: (x0, eps), each (B, 4)."""
+    text, added = cond["encoder_hidden_states"], cond["added_cond_kwargs"]
+    shift = text.mean((1, 2)) + added["text_embeds"].mean(1) + added["time_ids"].mean(1)  # (B,)
+    return x * 0.5 + shift[:, None], x - shift[:, None] * t[:, None] / 1000
+
+
 def test_cfg_combine_w_plus_one_form():
     c, u = torch.randn(3, 4), torch.randn(3, 4)
     w = torch.tensor([0.0, 1.0, 3.5])
@@ -83,11 +90,19 @@ def test_decoupled_drops_at_configured_rate_for_all_branches():
     assert (gb.cond["added_cond_kwargs"]["text_embeds"][d] == 0).all()
     assert (gb.cond["added_cond_kwargs"]["time_ids"][d] == 0).all()
     assert torch.equal(gb.cond["encoder_hidden_states"][~d], cond["encoder_hidden_states"][~d])
-    # the teacher's uncond branch is the same null condition -> guided output == cond output for dropped samples
-    out_c, out_u = torch.randn(n, 4), torch.randn(n, 4)
-    out_u[d] = out_c[d]  # what a teacher returns when cond == uncond
-    guided = cfg_combine(out_c, out_u, gb.teacher_guider.w)
-    torch.testing.assert_close(guided[d], out_c[d])
+    # the teacher's uncond branch is the same null condition: through the batch's own guider, a dropped sample's guided
+    # output is the unguided output of the null condition (CFG's identity), a kept one is guided away from it
+    m = 400
+    head = {k: (v[:m] if torch.is_tensor(v) else {kk: vv[:m] for kk, vv in v.items()}) for k, v in gb.cond.items()}
+    uncond = {k: (v[:m] if torch.is_tensor(v) else {kk: vv[:m] for kk, vv in v.items()}) for k, v in gb.uncond.items()}
+    x, t, dm = torch.randn(m, 4), torch.full((m,), 500), d[:m]
+    guided, _ = gb.teacher_guider(condition_dependent_denoiser, x, t, head, uncond)
+    out_c, _ = condition_dependent_denoiser(x, t, head)
+    out_u, _ = condition_dependent_denoiser(x, t, uncond)
+    assert dm.any() and (~dm).any()
+    torch.testing.assert_close(guided[dm], out_u[dm])
+    torch.testing.assert_close(guided[~dm], out_c[~dm] + 3.5 * (out_c[~dm] - out_u[~dm]))
+    assert (guided[~dm] - out_c[~dm]).abs().min() > 1e-3  # the kept samples are guided (cond != null)
 
 
 def test_decoupled_extremes_and_seed():

@@ -245,5 +245,20 @@ def test_latent_samples_are_decoded_once_per_sample_set(sets):
     out = suite.compute(latents, None, None, teacher, NoGuidance())
     assert abs(out["a"]) < 1e-6 and abs(out["b"]) < 1e-6
     assert LatentTeacher.calls == calls  # the same latents: decoded once, shared
+    # another sample set is decoded once (for both members), and scored on its own images: the FIDs equal those of
+    # its images handed over directly (no decode, no shared cache): 0.0504 here, against < 1e-6 for the set itself
+    other = nn.functional.avg_pool2d(torch.cat([sets["shifted"], sets["shifted"][:, :1]], 1), 2)
+    out = suite.compute(other, None, None, teacher, NoGuidance())
+    assert LatentTeacher.calls == calls + len(range(0, 300, 16))  # one pass over the new set, 16 latents a call
+    direct = MetricSuite([CleanFID("teacher", features=RandomConv(), image_size=SIZE, name="a"),
+                          CleanFID("teacher", mode="legacy_pytorch", features=RandomConv(), image_size=SIZE, name="b")])
+    direct.set_teacher_samples(teacher.decode(latents))
+    expected = direct.compute(teacher.decode(other), None, None, None, NoGuidance())
+    assert out == pytest.approx(expected, rel=1e-9) and min(out.values()) > 0.01, (out, expected)
+    # the same tensor changed in place is decoded again (the cache is keyed on the tensor's version too)
+    calls = LatentTeacher.calls
+    other.mul_(0.5)
+    halved = suite.compute(other, None, None, teacher, NoGuidance())
+    assert LatentTeacher.calls > calls and halved != out
     with pytest.raises(ValueError, match="Teacher.decode"):
         CleanFID("teacher", features=RandomConv(), image_size=SIZE).compute(latents, None, None, None, NoGuidance())

@@ -99,3 +99,16 @@ def test_gmm_trajectories_notebook(gmm_sweep, tmp_path, cache_dir, monkeypatch):
     assert segment_gap < 1e-2  # the drawn teacher trajectory ends where the metric's exact solve ends
     assert "| strategy=tdd |" in text
     assert (tmp_path / "gmm_trajectories.png").stat().st_size > 10_000
+
+
+def test_ablation_notebook_on_a_missing_sweep_fails_without_side_effects(tmp_path, monkeypatch):
+    """A fresh clone has no sweep at the notebook's default path: it must stop, say how to make one, and create
+    nothing (it used to make the empty sweep folder, inside the repository, before failing)."""
+    from nbclient.exceptions import CellExecutionError
+
+    missing = tmp_path / "runs" / "gmm2d"
+    monkeypatch.delenv("TDD_NOTEBOOK_OUT", raising=False)  # output dir: the (missing) sweep dir
+    with pytest.raises(CellExecutionError, match="does not exist .* make one") as err:
+        execute("ablation_analysis.ipynb", {"TDD_SWEEP_DIR": str(missing)}, monkeypatch)
+    assert "hydra.sweep.dir=" in str(err.value) and "TDD_SWEEP_DIR" in str(err.value)
+    assert not (tmp_path / "runs").exists()

@@ -1,5 +1,11 @@
-"""Preemption: a run killed with SIGKILL and resumed with resume=auto ends exactly like an uninterrupted one;
-a non-finite loss stops the run naming the step, leaving the last checkpoint intact."""
+"""Preemption: a run killed with SIGKILL and resumed with resume=auto restores the checkpoint (it runs only the
+remaining steps, from the checkpoint's optimizer, lr-schedule and RNG states) and ends exactly like an uninterrupted
+one; a non-finite loss stops the run naming the step, leaving the last checkpoint intact.
+
+:class:`ResumeProbe` is imported by the training processes these tests start (``+callbacks.probe=...``): this module
+therefore imports ``tests.conftest`` only inside the tests (its ``torch.set_num_threads(1)`` would otherwise change
+the thread count of the resumed process and with it the numbers it is compared on).
+"""
 
 import json
 import os
@@ -8,12 +14,71 @@ import sys
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 
+from tdd_lab.callbacks import RNGStateCallback
 from tdd_lab.module import NonFiniteLossError
 from tdd_lab.train import train
 
-from .conftest import compose_cfg, fast_overrides
+
+class ResumeProbe(pl.Callback):
+    """Records what a training process starts from and how many steps it runs, to ``out`` (``torch.save``).
+
+    At train start (after :class:`RNGStateCallback` has re-applied a checkpoint's RNG states, which it precedes in
+    the callbacks list): ``global_step``, the RNG states, the optimizer's and the lr scheduler's state dicts; at train
+    end: ``steps_run``, the training batches this process executed.
+    """
+
+    def __init__(self, out: str):
+        self.out, self.record = Path(out), {}
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.record = {"start_step": trainer.global_step, "rng": RNGStateCallback._local_state(),
+                       "optimizer": trainer.optimizers[0].state_dict(),
+                       "lr_scheduler": [c.scheduler.state_dict() for c in trainer.lr_scheduler_configs],
+                       "steps_run": 0}
+        self.record = torch.utils._pytree.tree_map(lambda v: v.clone() if torch.is_tensor(v) else v, self.record)
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        self.record["steps_run"] += 1
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        torch.save(self.record, self.out)
+
+
+def probe_override(out: Path) -> str:
+    return f"+callbacks.probe={{_target_:tests.test_resume.ResumeProbe,out:'{out}'}}"
+
+
+def assert_same_state(a, b, where="state"):
+    """Nested dicts/lists/tensors equal exactly (tensors by value and dtype)."""
+    if torch.is_tensor(a) or torch.is_tensor(b):
+        assert torch.is_tensor(a) and torch.is_tensor(b) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and set(a) == set(b), (where, sorted(map(str, a)), sorted(map(str, b)))
+        for k in a:
+            assert_same_state(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_state(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, (where, a, b)
+
+
+def assert_restored_from(probe: dict, ckpt: dict, max_steps: int) -> None:
+    """The process that wrote ``probe`` started from ``ckpt``: its step, optimizer, lr-schedule and RNG states, and it
+    ran only the remaining ``max_steps - ckpt['global_step']`` steps."""
+    step = ckpt["global_step"]
+    assert probe["start_step"] == step, f"resumed process started at step {probe['start_step']}, not {step}"
+    assert probe["steps_run"] == max_steps - step, f"resumed process ran {probe['steps_run']} steps"
+    assert probe["optimizer"]["state"], "the resumed optimizer has no state (a fresh start)"
+    assert_same_state(probe["optimizer"], ckpt["optimizer_states"][0], "optimizer")
+    assert_same_state(probe["lr_scheduler"], ckpt["lr_schedulers"], "lr_scheduler")
+    (saved_rng,) = ckpt["callbacks"]["RNGStateCallback"]["per_rank"]
+    assert_same_state(probe["rng"], saved_rng, "rng")
+
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMON = ["+experiment=tdd_gmm2d", "debug=smoke", "callbacks=default", "trainer.enable_checkpointing=true",
@@ -29,6 +94,9 @@ def cli(args, cache):
 
 
 def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, cache_dir):
+    """Resume restores the checkpoint (probe: start step, steps run, optimizer/lr/RNG states) and ends bit-identical
+    to the uninterrupted run. Without the restore a fresh deterministic rerun would also end bit-identical: the probe
+    is what tells them apart."""
     a, b = tmp_path / "a", tmp_path / "b"
     res = cli([*COMMON, f"hydra.run.dir={a}"], cache_dir)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -37,9 +105,11 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, cache_dir):
     assert killed.returncode == -9 and not (b / "metrics.json").exists()
     ckpts = sorted(p.name for p in (b / "checkpoints").iterdir())
     assert "last.ckpt" in ckpts and not any(n.startswith(".") for n in ckpts)  # no half-written files
-    assert torch.load(b / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 10
-    resumed = cli([*COMMON, "resume=auto", f"hydra.run.dir={b}"], cache_dir)
+    ckpt = torch.load(b / "checkpoints" / "last.ckpt", weights_only=True)  # read before the resumed run replaces it
+    assert ckpt["global_step"] == 10
+    resumed = cli([*COMMON, "resume=auto", probe_override(tmp_path / "probe.pt"), f"hydra.run.dir={b}"], cache_dir)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_restored_from(torch.load(tmp_path / "probe.pt", weights_only=False), ckpt, max_steps=25)
     ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (a, b))
     assert mb["train/steps"] == 25.0
     assert ma == mb  # bit-identical metrics: model, optimizer, EMA, lr schedule, data position and RNG restored
@@ -66,10 +136,10 @@ def test_sampler_stream_resumes_and_shards():
 
 def test_ema_target_sees_every_optimizer_step(tmp_path, cache_dir):
     """With decay 0 the EMA target must equal the student after each optimizer step (no lag)."""
-    import pytorch_lightning as pl
-
     from tdd_lab.train import build_module
     from tdd_lab.validate import preflight
+
+    from .conftest import compose_cfg, fast_overrides
 
     cfg = compose_cfg(fast_overrides("tdd_gmm2d") + ["target=ema", "target.decay=0.0"], tmp_path, cache_dir)
     module, data = build_module(cfg, preflight(cfg))
@@ -87,6 +157,8 @@ def test_checkpoints_keep_last_n(tmp_path, cache_dir):
 
 
 def test_non_finite_loss_stops_with_clear_message(tmp_path, cache_dir, monkeypatch):
+    from .conftest import compose_cfg, fast_overrides
+
     cfg = compose_cfg(fast_overrides("tdd_gmm2d") + [
         "trainer.max_steps=8", "callbacks=default", "trainer.enable_checkpointing=true",
         "callbacks.checkpoint.every_n_train_steps=2"], tmp_path, cache_dir)

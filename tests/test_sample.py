@@ -41,6 +41,11 @@ def test_readme_commands_write_png_and_pt(gmm_run, digits_run, tmp_path, cache_d
     saved = torch.load(tmp_path / "seven.pt")
     assert saved["samples"].shape == (8, 1, 8, 8) and torch.isfinite(saved["samples"]).all()
     assert len({tuple(x.flatten().tolist()) for x in saved["samples"]}) == 8  # per-sample seeds
+    assert f"to {tmp_path / 'seven.png'}" in res.stdout  # the full path of what was written
+    from PIL import Image
+
+    width, height = Image.open(tmp_path / "seven.png").size
+    assert width >= 640 and height > width / 8  # 8 digits of 8 px, enlarged to >= 64 px each, plus a caption strip
     # Hydra writes nothing: the working directory holds the two outputs (and run_cli's HOME caches)
     assert {p.name for p in tmp_path.iterdir()} - {".cache", ".config"} == {"gmm.png", "gmm.pt", "seven.png", "seven.pt"}
 
@@ -82,7 +87,13 @@ def test_prompts_labels_prompt_file_and_sampler_choice(digits_run, tmp_path):
     assert lcm["steps"] == 2 and torch.isfinite(lcm["samples"]).all() and not torch.equal(lcm["samples"], seven)
     for overrides, message in [(["prompt=x", "sampler=lcm", "eta=0.3"], "eta: the LCMSampler has no eta"),
                                (["labels=[12]"], r"labels: 12 outside \[0, 9\]"),
+                               (["labels=[-1]"], r"labels: -1 outside \[0, 9\]"),
+                               (["labels=[seven]"], "labels: expected an integer, got 'seven'"),
                                (["prompt=x", "steps=0"], r"steps: 0 outside \[1, 50\]"),
+                               (["prompt=x", "steps=four"], "steps: expected an integer, got 'four'"),
+                               (["prompt=x", "guidance_scale=-1"], "guidance_scale must be >= 0"),
+                               (["prompt=x", "guidance_scale=strong"], "guidance_scale: expected a number"),
+                               (["prompt=x", "seed=abc"], "seed: expected an integer"),
                                ([f"prompt_file={tmp_path / 'none.txt'}"], "prompt_file: .* not found"),
                                (["prompt=x", "num_per_prompt=0"], "num_per_prompt must be >= 1"),
                                (["prompt=x", "sampler=flow_tdd"], "sampler: the FlowTDDSampler samples flow")]:
@@ -93,12 +104,24 @@ def test_prompts_labels_prompt_file_and_sampler_choice(digits_run, tmp_path):
 def test_bad_input_exits_2(gmm_run, tmp_path, cache_dir):
     from tdd_lab.validate import ConfigError
 
-    for overrides, message in [([f"run_dir={gmm_run}", "prompt=hello"], "LabelConditioner cannot encode 'hello'"),
+    no_export = tmp_path / "no_export"
+    (no_export / ".hydra").mkdir(parents=True)
+    (no_export / ".hydra" / "config.yaml").write_text("{}")
+    for overrides, message in [([f"run_dir={gmm_run}", "prompt=hello"],
+                                r"prompt: this student is conditioned on class labels, not prompts: give labels=\[...\] "
+                                r"in \[0, 3\]"),
+                               ([f"run_dir={gmm_run}", "labels=[0,4]"], r"labels: 4 outside \[0, 3\]"),
                                ([f"run_dir={gmm_run}"], r"give prompt=..., prompt_file=... or labels=\[...\]"),
+                               ([f"run_dir={no_export}", "labels=[0]"], f"run_dir: {no_export} has no student/ export: "
+                                "training writes it when it finishes .* resume=auto"),
                                ([], "run_dir: required")]:
         with pytest.raises(ConfigError, match=message):
             sample(tmp_path, *overrides)
-    for args, message in [([f"run_dir={tmp_path / 'nope'}", "labels=[0]"], "error: " + str(tmp_path / "nope")),
+    for args, message in [([f"run_dir={tmp_path / 'nope'}", "labels=[0]"],
+                           f"error: run_dir: {tmp_path / 'nope'} does not exist"),
                           ([f"run_dir={gmm_run}", "labels=[0]", "sampler=nope"], "Could not find 'sampler/nope'")]:
         res = run_cli(["-m", "tdd_lab.sample", *args], ROOT, cache_dir)
         assert res.returncode == 2 and message in res.stderr and "Traceback" not in res.stderr, res.stderr[-2000:]
+        if message.startswith("error: "):  # our own errors: one line
+            assert [ln for ln in res.stderr.splitlines() if ln.strip()] == [ln for ln in res.stderr.splitlines()
+                                                                            if ln.startswith("error: ")]

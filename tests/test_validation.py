@@ -22,6 +22,15 @@ def folders(tmp_path):
     (tmp_path / "partial" / "unet").mkdir()
     (tmp_path / "no_images").mkdir()
     (tmp_path / "no_images" / "notes.txt").write_text("hello")
+    from PIL import Image
+
+    for name in ("uncaptioned", "bad_jsonl"):
+        (tmp_path / name).mkdir()
+        for i in range(3):
+            Image.new("RGB", (8, 8)).save(tmp_path / name / f"{i}.png")
+    (tmp_path / "bad_jsonl" / "captions.jsonl").write_text('{"file_name": "0.png", "text": "a"}\n{"file_name": 1.png}\n')
+    (tmp_path / "sdxl").mkdir()
+    (tmp_path / "sdxl" / "model_index.json").write_text("{}")
     return tmp_path
 
 
@@ -57,6 +66,28 @@ CASES = [
     (["+teacher.pretrained=stabilityai/not-a-cached-model"], "is not in the local Hugging Face cache"),
     (["+data.root=/nope/images"], "data.root: '/nope/images' is not a directory"),
     (["+data.root={tmp}/no_images"], "holds no image"),
+    # wrong-type overrides: one line naming the key (issue 16), not a traceback from inside the component
+    (["data.batch_size=two"], "^data.batch_size: expected an integer, got 'two'$"),
+    (["optimizer.lr=fast"], "^optimizer.lr: expected a number, got 'fast'$"),
+    (["trainer.max_steps=abc"], "^trainer.max_steps: expected an integer, got 'abc'$"),
+    (["trainer.max_steps=2.5"], "trainer.max_steps: expected an integer, got 2.5"),
+    (["trainer.gradient_clip_val=big"], "trainer.gradient_clip_val: expected a number"),
+    (["seed=x"], "seed: expected an integer"),
+    (["model.channels_last=maybe"], "model.channels_last: expected true or false, got 'maybe'"),
+    (["lr_scheduler.lr_lambda.warmup_steps=ten"], "lr_scheduler.lr_lambda.warmup_steps: expected an integer"),
+    # evaluation settings that used to fail only after training
+    (["metrics.num_samples=0"], "metrics.num_samples must be >= 2, got 0"),
+    (["metrics.batch_size=0"], "metrics.batch_size must be >= 1"),
+    (["metrics.steps=[]"], "metrics.steps: give at least one step count"),
+    (["metrics.guidance_scale=-1"], "metrics.guidance_scale must be >= 0"),
+    (["experiment=tdd_gmm2d", "metrics.metrics.ode_steps=0"], "metrics.metrics.ode_steps must be >= 1, got 0"),
+    # image folders: uncaptioned, malformed caption files
+    (["experiment=tdd_sdxl", "teacher.pretrained={tmp}/sdxl", "data.root={tmp}/uncaptioned", "data.batch_size=2"],
+     "none of its 3 images has a caption .* set data.allow_uncaptioned=true"),
+    (["experiment=tdd_sdxl", "teacher.pretrained={tmp}/sdxl", "data.root={tmp}/bad_jsonl", "data.batch_size=2"],
+     r"bad_jsonl/captions.jsonl: line 2: malformed JSON"),
+    (["experiment=tdd_sdxl", "teacher.pretrained={tmp}/sdxl", "data.root={tmp}/uncaptioned", "data.batch_size=2",
+      "data.allow_uncaptioned=maybe"], "data.allow_uncaptioned: expected true or false"),
 ]
 
 
@@ -76,6 +107,14 @@ def test_good_configs_pass_and_build_each_component_once(tmp_path, cache_dir):
         assert parts.evaluator.steps == [2, 4, 8]
 
 
+def test_uncaptioned_folder_trains_when_allowed(folders, cache_dir, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = compose_cfg(["experiment=tdd_sdxl", f"teacher.pretrained={folders}/sdxl", f"data.root={folders}/uncaptioned",
+                       "data.batch_size=2", "data.allow_uncaptioned=true"],
+                      folders / "run", cache_dir)
+    assert preflight(cfg).evaluator.steps == [2, 4, 8]
+
+
 def test_unknown_option_and_experiment_fail_at_composition(tmp_path, cache_dir):
     with pytest.raises((MissingConfigException, ConfigCompositionException), match="ctm"):
         compose_cfg(["strategy=ctm"], tmp_path, cache_dir)
@@ -91,7 +130,8 @@ def test_valid_pretrained_folder(tmp_path):
 @pytest.mark.parametrize(
     "args,match",
     [
-        (["strategy.s_ratio=1.5"], r"error: strategy: s_ratio must be in \[0, 1\]"),
+        # a ConfigError (here a wrong-type override, which used to be a traceback with exit 1): one line, exit 2
+        (["data.batch_size=two"], "^error: data.batch_size: expected an integer, got 'two'$"),
         (["strategy=ctm"], "Could not find 'strategy/ctm'"),
         (["+experiment=tdd_sd99"], "Could not find 'experiment/tdd_sd99'"),
     ],
@@ -101,7 +141,7 @@ def test_cli_exits_nonzero_without_traceback(args, match, tmp_path):
     env.pop("HYDRA_FULL_ERROR", None)
     res = subprocess.run([sys.executable, "-m", "tdd_lab.train", *args, f"hydra.run.dir={tmp_path / 'run'}"],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert res.returncode != 0
+    assert res.returncode == 2, res.stderr[-2000:]  # all bad input, a command line that does not compose included
     assert "Traceback" not in res.stderr and "Traceback" not in res.stdout
-    assert __import__("re").search(match, res.stderr + res.stdout)
+    assert __import__("re").search(match, res.stderr + res.stdout, __import__("re").MULTILINE)
     assert not (tmp_path / "cache").exists()  # failed before building anything

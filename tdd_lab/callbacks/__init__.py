@@ -1,5 +1,6 @@
 """Lightning callbacks of tdd_lab."""
 
+from tdd_lab.callbacks.preemption import SaveOnSigterm
 from tdd_lab.callbacks.rng import RNGStateCallback
 
-__all__ = ["RNGStateCallback"]
+__all__ = ["RNGStateCallback", "SaveOnSigterm"]

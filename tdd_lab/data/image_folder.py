@@ -1,5 +1,10 @@
 """Images with captions from a folder: ``a.png`` + ``a.txt``, or a ``captions.csv`` / ``captions.jsonl``.
 
+Caption files name the image in a ``file_name`` column (or ``filename``, ``file``, ``image``, ``image_path``,
+``path``) and its caption in ``text`` (or ``caption``, ``prompt``); a malformed line is reported with its
+file and 1-based line number. A folder where no image has a caption is refused unless
+``allow_uncaptioned`` (it would train unconditionally); some uncaptioned images are a logged warning.
+
 Samples are resized (shorter side), cropped (center or random) and scaled to [-1, 1]; the crop
 offset and the original size are kept (SDXL's micro-conditioning needs them). An unreadable image
 is skipped: ``__getitem__`` returns None and :func:`collate_skipping` counts it in the batch.
@@ -9,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import random
 from pathlib import Path
@@ -20,21 +26,64 @@ from torch.utils.data import Dataset
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 
 
+FILE_COLUMNS = ("file_name", "filename", "file", "image", "image_path", "path")
+TEXT_COLUMNS = ("text", "caption", "prompt")
+log = logging.getLogger(__name__)
+
+
+def caption_columns(columns, where: str) -> tuple[str, str]:
+    """(file column, caption column) among ``columns`` (first alias present, case-insensitive); a clear
+    ``ValueError`` naming ``where`` and the accepted names otherwise."""
+    by_lower = {str(c).strip().lower(): c for c in columns}
+    found = [next((by_lower[a] for a in names if a in by_lower), None) for names in (FILE_COLUMNS, TEXT_COLUMNS)]
+    if None in found:
+        raise ValueError(f"{where}: columns {sorted(map(str, columns))} name no "
+                         f"{'image file' if found[0] is None else 'caption'}; expected one of "
+                         f"{', '.join(FILE_COLUMNS)} for the image file and one of {', '.join(TEXT_COLUMNS)} "
+                         "for its caption")
+    return found[0], found[1]
+
+
+def read_jsonl_captions(path: Path) -> dict[str, str]:
+    """{file name: caption} from a JSON-lines file; errors name the file and the 1-based line."""
+    captions = {}
+    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: line {lineno}: malformed JSON ({e.msg}, column {e.colno})") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}: line {lineno}: expected a JSON object, got {type(row).__name__}")
+        file_col, text_col = caption_columns(row, f"{path}: line {lineno}")
+        captions[str(row[file_col])] = str(row[text_col])
+    return captions
+
+
+def read_csv_captions(path: Path) -> dict[str, str]:
+    """{file name: caption} from a CSV file with a header row (column aliases: :data:`FILE_COLUMNS`,
+    :data:`TEXT_COLUMNS`)."""
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        file_col, text_col = caption_columns(reader.fieldnames or [], f"{path}: header")
+        return {r[file_col]: r[text_col] or "" for r in reader if r.get(file_col)}
+
+
 def read_captions(root: Path) -> dict[str, str]:
-    """{file name: caption} from ``captions.csv`` (columns file_name, text) or ``captions.jsonl``."""
+    """{file name: caption} from ``captions.jsonl`` or ``captions.csv`` in ``root`` (empty when neither exists)."""
     if (root / "captions.jsonl").exists():
-        rows = [json.loads(ln) for ln in (root / "captions.jsonl").read_text().splitlines() if ln.strip()]
-        return {r["file_name"]: r["text"] for r in rows}
+        return read_jsonl_captions(root / "captions.jsonl")
     if (root / "captions.csv").exists():
-        with open(root / "captions.csv", newline="") as f:
-            return {r["file_name"]: r["text"] for r in csv.DictReader(f)}
+        return read_csv_captions(root / "captions.csv")
     return {}
 
 
 class ImageFolderDataset(Dataset):
     """``{"pixel_values" (3, R, R), "prompt", "original_size" (2,), "crop_top_left" (2,)}`` per image."""
 
-    def __init__(self, root: str | Path, resolution: int = 64, center_crop: bool = True, random_flip: bool = False):
+    def __init__(self, root: str | Path, resolution: int = 64, center_crop: bool = True, random_flip: bool = False,
+                 allow_uncaptioned: bool = False):
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"data.root {str(self.root)!r} is not a directory")
@@ -43,6 +92,24 @@ class ImageFolderDataset(Dataset):
             raise ValueError(f"data.root {str(self.root)!r} holds no image ({', '.join(sorted(IMAGE_EXTS))})")
         self.captions = read_captions(self.root)
         self.resolution, self.center_crop, self.random_flip = resolution, center_crop, random_flip
+        if not allow_uncaptioned:
+            self.check_captioned()
+
+    def check_captioned(self) -> None:
+        """Refuse a folder where no image has a caption; warn (naming a few) when some have none."""
+        missing = [p for p in self.files if not self.has_caption(p)]
+        if len(missing) == len(self.files):
+            raise ValueError(f"data.root {str(self.root)!r}: none of its {len(self.files)} images has a caption "
+                             "(a same-stem .txt, or a captions.csv / captions.jsonl): training would be "
+                             "unconditional; set data.allow_uncaptioned=true to train on it anyway")
+        if missing:
+            names = ", ".join(str(p.relative_to(self.root)) for p in missing[:3])
+            log.warning("data.root %r: %d of %d images have no caption (e.g. %s); they train with the empty prompt",
+                        str(self.root), len(missing), len(self.files), names)
+
+    def has_caption(self, path: Path) -> bool:
+        return (path.with_suffix(".txt").exists() or path.name in self.captions
+                or str(path.relative_to(self.root)) in self.captions)
 
     def __len__(self) -> int:
         return len(self.files)
@@ -232,6 +299,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
         max_bad_fraction: float = 0.05,  # stop when more of the samples seen are unreadable
         cache_latents: bool = False,     # pre-encode latents + text conditions once (deterministic crops only)
         cache_dir: str | None = None,    # where (default: $TDD_LAB_CACHE)
+        allow_uncaptioned: bool = False,  # train on images without captions (unconditionally) instead of refusing
         teacher=None,
     ):
         super().__init__()
@@ -243,6 +311,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
         self.root, self.resolution, self.center_crop, self.random_flip = root, resolution, center_crop, random_flip
         self.batch_size, self.num_workers, self.seed, self.max_bad_fraction = batch_size, num_workers, seed, max_bad_fraction
         self.cache_latents, self.cache_dir, self.teacher = cache_latents, cache_dir, teacher
+        self.allow_uncaptioned = allow_uncaptioned
 
     def _cache_key(self, dataset: ImageFolderDataset) -> dict:
         files = [(str(p.relative_to(dataset.root)), p.stat().st_size, p.stat().st_mtime_ns) for p in dataset.files]
@@ -253,7 +322,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
     def _latent_cache(self, build: bool) -> Path:
         from tdd_lab.utils.cache import cached_dir, config_key, default_cache_dir
 
-        dataset = ImageFolderDataset(self.root, self.resolution, True, False)
+        dataset = ImageFolderDataset(self.root, self.resolution, True, False, self.allow_uncaptioned)
         cache = Path(self.cache_dir) if self.cache_dir else default_cache_dir()
         key = self._cache_key(dataset)
         if not build:
@@ -273,7 +342,8 @@ class ImageFolderDataModule(pl.LightningDataModule):
                 path = self._latent_cache(build=True)
             self.train_set = CachedLatentDataset(path)
         else:
-            self.train_set = ImageFolderDataset(self.root, self.resolution, self.center_crop, self.random_flip)
+            self.train_set = ImageFolderDataset(self.root, self.resolution, self.center_crop, self.random_flip,
+                                                self.allow_uncaptioned)
 
     def train_dataloader(self):
         from tdd_lab.data.modules import resumable_loader

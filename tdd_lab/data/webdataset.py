@@ -59,11 +59,15 @@ def decode_sample(sample: dict, resolution: int, center_crop: bool, random_flip:
 
 
 class _Decode:
+    """A pipeline stage: each raw sample -> :func:`decode_sample`. An unreadable sample stays in the stream as
+    ``None`` for the collate to count (``ds.map`` would drop it silently: webdataset's map skips ``None`` results)."""
+
     def __init__(self, resolution: int, center_crop: bool, random_flip: bool):
         self.args = (resolution, center_crop, random_flip)
 
-    def __call__(self, sample):
-        return decode_sample(sample, *self.args)
+    def __call__(self, source):
+        for sample in source:
+            yield decode_sample(sample, *self.args)
 
 
 class WebDatasetDataModule(pl.LightningDataModule):
@@ -100,7 +104,7 @@ class WebDatasetDataModule(pl.LightningDataModule):
                             seed=self.seed + 1000 * rank, handler=wds.warn_and_continue)
         if self.shuffle_buffer:
             ds = ds.shuffle(self.shuffle_buffer, rng=random.Random(self.seed + rank))
-        ds = ds.map(_Decode(self.resolution, self.center_crop, self.random_flip))
+        ds = ds.compose(_Decode(self.resolution, self.center_crop, self.random_flip))
         return torch.utils.data.DataLoader(ds, batch_size=self.batch_size, num_workers=self.num_workers,
                                            collate_fn=SkippingCollate(self.max_bad_fraction,
                                                                       min_samples_seen(self.max_bad_fraction)),

@@ -15,6 +15,7 @@ class Metrics(ABC):
 
     deterministic: bool = False          # True: evaluate with eta = 0 samplers (ODE-error style metrics)
     needs_teacher_samples: bool = False  # True: compares against the teacher's own samples (set_teacher_samples)
+    weight_files: tuple[str, ...] = ()   # attributes holding local weights/reference paths, fingerprinted in describe
 
     @abstractmethod
     def compute(
@@ -30,4 +31,10 @@ class Metrics(ABC):
         return None
 
     def describe(self) -> dict:
-        return {"class": type(self).__name__, **{k: v for k, v in vars(self).items() if not k.startswith("_")}}
+        """Settings (public attributes) and a fingerprint of each file named in ``weight_files``: the cached teacher
+        numbers of these metrics are keyed on it, so new weights or reference images at the same path are new keys."""
+        from tdd_lab.utils.cache import weights_fingerprint
+
+        files = {name: weights_fingerprint(getattr(self, name, None)) for name in self.weight_files}
+        return {"class": type(self).__name__, **{k: v for k, v in vars(self).items() if not k.startswith("_")},
+                **({"fingerprints": files} if files else {})}

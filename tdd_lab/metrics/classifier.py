@@ -13,6 +13,10 @@ from tqdm.auto import tqdm
 from tdd_lab.data.digits import load_digit_tensors, split_indices
 from tdd_lab.utils.cache import cached_dir, default_cache_dir
 
+# code version of the cached classifier: bump when DigitClassifier or its training (_train) changes, so caches built
+# by the old code (the classifier, and teacher numbers measured with it) are not reused
+CLASSIFIER_VERSION = 1
+
 
 class DigitClassifier(nn.Module):
     """CNN on (B, 1, 8, 8) images in [-1, 1]; ``features`` are the 64-d penultimate activations."""
@@ -88,7 +92,7 @@ def _train_fixed_threads(out: Path, seed: int, epochs: int) -> None:
 
 def load_digit_classifier(cache_dir: str | Path | None = None, seed: int = 0, epochs: int = 30) -> DigitClassifier:
     """The cached classifier (trained on first use); ``.heldout_accuracy`` reports its quality."""
-    path = cached_dir(cache_dir or default_cache_dir(), "digit-classifier", {"seed": seed, "epochs": epochs, "v": 1},
+    path = cached_dir(cache_dir or default_cache_dir(), "digit-classifier", {"seed": seed, "epochs": epochs, "v": CLASSIFIER_VERSION},
                       lambda out: _train_fixed_threads(out, seed, epochs))
     model = DigitClassifier()
     model.load_state_dict(load_file(str(path / "classifier.safetensors")))

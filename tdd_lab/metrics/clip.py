@@ -35,6 +35,8 @@ def clip_metric_name(model_name: str) -> str:
 class CLIPScore(Metrics):
     """``clip_<model>``: CLIP score of samples against their prompts with an open_clip model."""
 
+    weight_files = ("checkpoint",)  # the open_clip weights (fingerprinted in the cache keys of teacher numbers)
+
     def __init__(
         self,
         prompt_file: str,                  # one prompt per line; line y is the prompt of class label y

@@ -7,7 +7,7 @@ import torch
 
 from tdd_lab.data.digits import load_digit_tensors
 from tdd_lab.metrics.base import Metrics
-from tdd_lab.metrics.classifier import FIDFeatures, load_digit_classifier
+from tdd_lab.metrics.classifier import CLASSIFIER_VERSION, FIDFeatures, load_digit_classifier
 
 
 class DigitsMetrics(Metrics):
@@ -34,3 +34,7 @@ class DigitsMetrics(Metrics):
         fid.update((samples + 1) / 2, real=False)
         acc = (clf(samples).argmax(1) == labels.cpu()).float().mean()
         return {"fid": float(fid.compute()), "class_acc": float(acc)}
+
+    def describe(self) -> dict:
+        """Settings and the classifier's code version (cache keys of teacher numbers)."""
+        return {**super().describe(), "classifier_version": CLASSIFIER_VERSION}

@@ -56,6 +56,7 @@ class _FeatureMetric(Metrics):
     """Shared plumbing: a feature extractor (given, or the mode's Inception from ``inception_path``) and a reference."""
 
     needs_teacher_samples = False
+    weight_files = ("inception_path", "reference")  # Inception weights file; reference folder / .npz
 
     def __init__(self, reference: str, mode: str, features: nn.Module | None, inception_path: str | None,
                  image_size: int, batch_size: int, device: str, max_reference: int | None, name: str | None):
@@ -72,6 +73,20 @@ class _FeatureMetric(Metrics):
 
     def default_name(self, ref: str) -> str:
         raise NotImplementedError
+
+    def describe(self) -> dict:
+        """Settings, the fingerprints of ``weight_files`` and, for a custom feature module (e.g. the digit classifier's
+        features), a hash of its weights: the cache keys of teacher numbers change with the features."""
+        from tdd_lab.metrics.features import CleanInception, LegacyInception
+        from tdd_lab.utils.cache import tensor_fingerprint
+
+        inner = self._extractor.features
+        custom = not isinstance(inner, (CleanInception, LegacyInception))  # Inception: its file is fingerprinted
+        out = {**super().describe(),
+               "features_weights": tensor_fingerprint(*inner.state_dict().values()) if custom else None}
+        if self.kind == TEACHER:  # the teacher's samples: keyed by the teacher itself, not a path
+            out["fingerprints"]["reference"] = None
+        return out
 
     def set_teacher_samples(self, samples: torch.Tensor, teacher=None) -> None:
         """The teacher's reference samples (N, ...) for ``reference: teacher``."""

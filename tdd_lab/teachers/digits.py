@@ -22,6 +22,10 @@ from tdd_lab.teachers.base import Teacher
 from tdd_lab.utils.cache import cached_dir, default_cache_dir
 from tdd_lab.utils.images import save_digit_grid
 
+# code version of the cached teacher (part of its cache key and of describe(), hence of the teacher-number caches):
+# bump when the pretraining loop (tdd_lab.pretrain.pretrain_digits_teacher) or the UNet / text encoder it builds changes
+PRETRAIN_VERSION = 1
+
 
 def load_digits_conditioner(path: Path, max_length: int | None = None) -> CLIPTextConditioner:
     """The frozen CLIP-style text conditioner saved under ``path`` (``text_encoder/``, ``tokenizer/``)."""
@@ -54,7 +58,7 @@ class DigitsTeacher(Teacher):
         self.pretrain_config = dict(
             seed=seed, train_steps=train_steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay,
             cond_dropout=cond_dropout, channels=list(channels), text_dim=text_dim, max_length=max_length,
-            beta_schedule=beta_schedule, beta_start=beta_start, beta_end=beta_end, version=1,
+            beta_schedule=beta_schedule, beta_start=beta_start, beta_end=beta_end, version=PRETRAIN_VERSION,
         )
         schedule = VPSchedule(1000, beta_start, beta_end, beta_schedule)
         cache = Path(cache_dir) if cache_dir else default_cache_dir()

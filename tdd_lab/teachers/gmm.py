@@ -30,6 +30,8 @@ from tdd_lab.utils.images import save_scatter
 from tdd_lab.utils.tensors import append_dims
 
 NULL_LABEL = -1  # the unconditional "prompt"
+# code version of the cached student init: bump when tdd_lab.pretrain.fit_gmm_student_init or MLPDenoiser changes
+STUDENT_INIT_VERSION = 1
 
 
 class GaussianMixture:
@@ -248,7 +250,8 @@ class GMMTeacher(Teacher):
         """
         from tdd_lab.pretrain import fit_gmm_student_init
 
-        key = {**self.describe(), "net": self.net_config, "steps": self.init_steps, "seed": self.seed, "v": 1}
+        key = {**self.describe(), "net": self.net_config, "steps": self.init_steps, "seed": self.seed,
+               "v": STUDENT_INIT_VERSION}
         path = cached_dir(self.cache_dir or default_cache_dir(), "gmm-student-init", key,
                           lambda out: fit_gmm_student_init(out, self, self.net_config, self.init_steps, self.seed))
         net = MLPDenoiser(**self.net_config)

@@ -139,11 +139,20 @@ class DiffusersTeacher(Teacher):
         save_image((images.cpu() + 1) / 2, str(path), nrow=4, padding=2)
 
     def describe(self) -> dict:
+        """Everything that determines this teacher (cache keys of teacher metrics, reference samples, latents): its
+        settings and a fingerprint of the weights files behind ``pretrained`` and ``vae_pretrained``
+        (:func:`~tdd_lab.utils.cache.weights_fingerprint`, taken once, at the first call after loading), so new
+        weights at the same path are new keys."""
+        from tdd_lab.utils.cache import weights_fingerprint
+
+        if getattr(self, "_weights_fingerprints", None) is None:
+            self._weights_fingerprints = {"weights": weights_fingerprint(self.pretrained, self.revision),
+                                          "vae_weights": weights_fingerprint(self.vae_pretrained)}
         return {"kind": type(self).__name__, "pretrained": self.pretrained, "revision": self.revision,
                 "variant": self.variant, "dtype": str(self.dtype), "resolution": self.resolution,
                 "vae_pretrained": self.vae_pretrained, "vae_dtype": str(self.vae_dtype),
                 "prediction_type": self.prediction_type, "eval_prompts": self.eval_prompts,
-                "schedule": self.schedule.diffusers_config()}
+                "schedule": self.schedule.diffusers_config(), **self._weights_fingerprints}
 
     def pipeline_info(self) -> dict:
         """What a stock pipeline needs to load a student of this teacher (``student/teacher.json``)."""

@@ -75,3 +75,56 @@ def tensor_fingerprint(*tensors) -> str:
         h.update(f"{t.dtype}{tuple(t.shape)}".encode())
         h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def _file_stamps(root: Path) -> list[tuple[str, int, int, str]]:
+    """(path relative to ``root``, size, mtime_ns, resolved name) of every file under ``root`` (hidden names skipped),
+    symlinks followed: the resolved name of a Hugging Face cache snapshot file is its blob, named by its content hash."""
+    if root.is_file():
+        st = root.stat()
+        return [(root.name, st.st_size, st.st_mtime_ns, root.resolve().name)]
+    stamps = []
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root)
+        if any(part.startswith(".") for part in rel.parts) or not path.is_file():
+            continue
+        st = path.stat()
+        stamps.append((rel.as_posix(), st.st_size, st.st_mtime_ns, path.resolve().name))
+    return stamps
+
+
+def hub_snapshot(repo_id: str, revision: str | None = None) -> Path | None:
+    """The local Hugging Face cache snapshot folder of ``repo_id`` at ``revision`` (default ``main``), or None when it
+    is not cached. Never contacts the hub."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id, revision=revision, local_files_only=True))
+    except Exception:  # not cached, not a valid id, or huggingface_hub missing: nothing local to fingerprint
+        return None
+
+
+def weights_fingerprint(pretrained: str | Path | None, revision: str | None = None) -> str | None:
+    """A cheap content fingerprint (16 hex digits) of the files behind ``pretrained``: a local weights file or folder,
+    or a hub id resolved to its local Hugging Face cache snapshot; None when nothing local is found.
+
+    It is a sha1 over the relative path, size, mtime_ns and resolved file name of every file (weights, configs,
+    tokenizer files; hidden names skipped), read from ``stat`` only: multi-GB weights are never read. Replacing,
+    re-downloading or editing any file at the same path changes it (a hub snapshot's files resolve to blobs named by
+    their content hash); copying an unchanged folder elsewhere changes it too (new mtimes), which costs a recomputation,
+    never a stale number. Cache keys of anything computed from a model's weights include it.
+    """
+    if pretrained is None:
+        return None
+    value = str(pretrained)
+    local = Path(value).expanduser()
+    if local.exists():
+        root = local
+    else:
+        root = hub_snapshot(value, revision)
+        if root is None:
+            return None
+    h = hashlib.sha1()
+    for stamp in _file_stamps(root):
+        h.update(json.dumps(stamp).encode())
+    return h.hexdigest()[:16]

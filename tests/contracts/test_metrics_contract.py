@@ -20,6 +20,7 @@ from tdd_lab.metrics import CleanFID, DigitsMetrics, GMMMetrics, Metrics, Metric
 from tdd_lab.metrics.classifier import load_digit_classifier
 from tdd_lab.metrics.features import ResizedFeatures, to_uint8_images
 from tdd_lab.metrics.latent import LatentODEMetrics
+from tdd_lab.metrics.mnist import MnistMetrics
 
 from .conftest import option_params
 
@@ -145,7 +146,39 @@ def check_kid(metric: TorchmetricsKID, node, ctx):
     assert far > 10 * abs(same), (same, far)
 
 
-CHECKS = {GMMMetrics: check_gmm, LatentODEMetrics: check_latent, DigitsMetrics: check_digits,
+class _ImageTeacher:
+    """What MnistMetrics reads of a teacher: ``decode`` (here the identity: samples are images), ``device`` and the
+    evaluation prompts of the caption template."""
+
+    device = torch.device("cpu")
+
+    def __init__(self):
+        from tdd_lab.data.mnist_color import label_prompts
+
+        self.eval_prompts = label_prompts()
+
+    def decode(self, samples):
+        return samples
+
+
+def check_mnist(metric: MnistMetrics, node, ctx):
+    from tdd_lab.data.mnist_color import dataset_tensors, grayscale
+
+    teacher = _ImageTeacher()
+    held, digits, colors = dataset_tensors("heldout")          # the 1,000 held-out real digits
+    labels = colors * 10 + digits                              # their own prompts
+    metric.set_teacher_samples(held, teacher)
+    r = metric.compute(held, labels, torch.zeros_like(held), teacher, GUIDER)
+    assert abs(r["fid"]) < 1e-6 and abs(r["fid_teacher"]) < 1e-6, r  # the set against itself, both references
+    assert r["color_acc"] == 1.0, r                                  # the ink colour is read exactly
+    with torch.no_grad():
+        acc = (metric.classifier(grayscale(held)).argmax(1) == digits).float().mean().item()
+    assert r["class_acc"] == acc, (r, acc)
+    wrong = metric.compute(held, (colors + 1) % 5 * 10 + digits, torch.zeros_like(held), teacher, GUIDER)
+    assert wrong["color_acc"] == 0.0 and wrong["class_acc"] == acc, wrong  # a wrong colour prompt, same digit
+
+
+CHECKS = {GMMMetrics: check_gmm, MnistMetrics: check_mnist, LatentODEMetrics: check_latent, DigitsMetrics: check_digits,
           CleanFID: check_clean_fid, TorchmetricsKID: check_kid}
 
 

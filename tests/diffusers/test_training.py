@@ -75,21 +75,27 @@ def test_lora_targets_of_the_recipe_exist_in_the_sdxl_unet(assets, tmp_path, cac
 
 
 def test_lora_checkpoint_holds_adapters_only_and_resumes(assets, tmp_path, cache_dir):
+    """The checkpoint holds the adapters only, and ``resume=auto`` restores it: the second run starts at its step from
+    its optimizer, lr-schedule and RNG states and runs only the remaining steps (a fresh start would run all 6)."""
     from tdd_lab.train import train
+
+    from ..test_resume import assert_restored_from, probe_override
 
     run = tmp_path / "run"
     common = ["teacher.dtype=fp32", "student.rank=4", "optimizer.lr=0.01", "callbacks=default",
               "trainer.enable_checkpointing=true", "callbacks.checkpoint.every_n_train_steps=2", "metrics.steps=[2]",
               "metrics.num_samples=2", "metrics.batch_size=2", "export=false"]
     train(compose_cfg(smoke_overrides("sdxl", assets, *common, "trainer.max_steps=4"), run, cache_dir))
-    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 4 and ckpt["frozen_weights_omitted"] > 0
     assert ckpt["state_dict"] and all("lora_" in k for k in ckpt["state_dict"])
     assert all(k.startswith("student.net.") for k in ckpt["state_dict"])  # the student denoiser's raw network
-    metrics = train(compose_cfg(smoke_overrides("sdxl", assets, *common, "trainer.max_steps=6", "resume=auto"), run,
-                                cache_dir))
+    probe = tmp_path / "probe.pt"
+    metrics = train(compose_cfg(smoke_overrides("sdxl", assets, *common, "trainer.max_steps=6", "resume=auto",
+                                                probe_override(probe)), run, cache_dir))
     assert metrics["train/steps"] == 6.0
-    ckpt6 = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert_restored_from(torch.load(probe, weights_only=False), ckpt, max_steps=6)
+    ckpt6 = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt6["global_step"] == 6
     moved = max((ckpt6["state_dict"][k] - v).abs().max().item() for k, v in ckpt["state_dict"].items())
     assert moved > 0  # training continued from the restored adapters
