@@ -80,7 +80,9 @@ class Evaluator:
     def _cache_key(self, teacher: Teacher, guidance: Guidance, sampler: Sampler, device, **extra) -> str:
         return config_key({"teacher": teacher.describe(), "sampler": sampler.describe(), "n": self.num_samples,
                            "seed": self.seed, "w": guidance.teacher_w, "batch_size": self.batch_size,
-                           "device": torch.device(device).type, **extra})
+                           "device": torch.device(device).type, **extra,
+                           # samplers step FLUX in the pipeline's packed layout (re-noising draws moved): new numbers
+                           **({"layout": "packed"} if hasattr(teacher.denoiser.net, "to_scheduler_layout") else {})})
 
     @torch.no_grad()
     def teacher_reference(self, teacher: Teacher, guidance: Guidance, num_ddim_timesteps: int,

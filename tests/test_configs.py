@@ -19,9 +19,10 @@ REQUIRED = {
     "sampler": {"tdd", "lcm", "tcd", "ddim", "dpmpp"},
     "loss": {"l2", "huber"},
     "student": {"full", "lora"},
-    "experiment": {"tdd_digits", "tdd_gmm2d", "tdd_sdxl", "tdd_sd15", "tdd_flux", "lcm_sdxl", "pcm_sdxl", "tcd_sdxl"},
-    "teacher": {"digits", "gmm2d", "sd15", "sdxl", "flux"},
-    "data": {"digits", "gmm2d", "image_folder", "webdataset"},
+    "experiment": {"tdd_digits", "tdd_gmm2d", "tdd_sdxl", "tdd_sd15", "tdd_flux", "lcm_sdxl", "pcm_sdxl", "tcd_sdxl",
+                   "tdd_sdxl_mnist", "tdd_flux_mnist"},
+    "teacher": {"digits", "gmm2d", "sd15", "sdxl", "flux", "mnist_sdxl", "mnist_flux"},
+    "data": {"digits", "gmm2d", "image_folder", "webdataset", "mnist_color"},
     "debug": {"smoke"},
 }
 

@@ -42,6 +42,17 @@ class FluxDenoiser(nn.Module):
         self.embedded_guidance = embedded_guidance
         self.num_train_timesteps = num_train_timesteps
 
+    @staticmethod
+    def to_scheduler_layout(x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> the packed (B, H/2 * W/2, 4C) latents ``FluxPipeline`` hands its scheduler. Samplers step
+        the scheduler in this layout, so its re-noising draws land where the stock pipeline's do (same seed, same
+        samples at eta > 0)."""
+        return pack_latents(x)
+
+    @staticmethod
+    def from_scheduler_layout(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        return unpack_latents(x, h, w)
+
     def forward(self, x, t, cond, timestep_cond=None):
         if timestep_cond is not None:
             raise ValueError("FLUX students take no w-embedding (use guidance=fixed or decoupled)")

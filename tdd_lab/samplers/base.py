@@ -83,12 +83,21 @@ class Sampler(ABC):
         kwargs = self.step_kwargs(generator)
         # integer training timesteps the network is called at (flow schedulers keep sigma*T in `timesteps`)
         grid_ts = self.network_timesteps(scheduler)
+        # networks whose pipeline steps the scheduler on another latent layout (FLUX: packed tokens) say so; stepping
+        # in that layout draws the re-noising noise exactly as the stock pipeline does (the step is elementwise)
+        to_layout = getattr(getattr(denoiser, "net", None), "to_scheduler_layout", None)
         for t, t_int in tqdm(list(zip(scheduler.timesteps, grid_ts)), disable=not progress,
                              desc=f"sampling {num_steps} steps", leave=False):
             x_in = scheduler.scale_model_input(x, t)
             tb = torch.full((b,), int(t_int), device=x.device, dtype=torch.long)
             x0, eps = guider(denoiser, x_in, tb, cond, uncond, timestep_cond)
-            x = scheduler.step(self.model_output(x0, eps), t, x, **kwargs).prev_sample
+            out = self.model_output(x0, eps)
+            if to_layout is None:
+                x = scheduler.step(out, t, x, **kwargs).prev_sample
+            else:
+                h, w = x.shape[-2:]
+                x = denoiser.net.from_scheduler_layout(scheduler.step(to_layout(out), t, to_layout(x), **kwargs)
+                                                       .prev_sample, h, w)
         return x
 
     def describe(self) -> dict[str, Any]:

@@ -39,8 +39,10 @@ def option_params(group: str) -> list:
 
 
 # ---- composing the real config ---------------------------------------------------------------------
-# teacher settings that make any embedded teacher cheap: no pretraining (random weights), no student-init fit
-FAST_TEACHER = {"train_steps": 0, "init_steps": 1}
+# teacher settings that make any embedded teacher cheap: no pretraining (random weights), no student-init fit;
+# the coloured-MNIST pipelines at toy size with a few optimizer steps
+FAST_TEACHER = {"train_steps": 0, "init_steps": 1, "steps": 2, "vae_steps": 2, "vae_channels": "[8,16,16]",
+                "unet_channels": "[32,64]", "width": 32, "layers": 1, "text_dim": 32, "batch": 8, "vae_batch": 8}
 
 
 class Composer:
