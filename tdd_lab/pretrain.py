@@ -39,6 +39,14 @@ def progress_lines(total: int, what: str, every: float = 0.1):
     return report
 
 
+@torch.no_grad()
+def ema_update(ema: torch.nn.Module, net: torch.nn.Module, step: int, decay: float) -> None:
+    """ema <- d ema + (1 - d) net with the warm-up d = min(decay, (1 + step) / (10 + step)) of the pretraining loops."""
+    d = min(decay, (1 + step) / (10 + step))
+    for pe, p in zip(ema.parameters(), net.parameters()):
+        pe.lerp_(p, 1 - d)
+
+
 def build_digits_unet(channels: tuple[int, int] = (32, 64), text_dim: int = 64):
     from diffusers import UNet2DConditionModel
 
@@ -110,10 +118,7 @@ def _pretrain_digits_teacher(out: Path, config: dict, alphas_cumprod: torch.Tens
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
         opt.step()
         sched.step()
-        with torch.no_grad():
-            d = min(c["ema_decay"], (1 + step) / (10 + step))
-            for pe, p in zip(ema.parameters(), unet.parameters()):
-                pe.lerp_(p, 1 - d)
+        ema_update(ema, unet, step, c["ema_decay"])
         losses.append(loss.item())
         if step % 200 == 0:
             bar.set_postfix(loss=f"{sum(losses[-200:]) / len(losses[-200:]):.4f}")

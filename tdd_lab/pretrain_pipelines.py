@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from tdd_lab.pretrain import ema_update
 from tdd_lab.utils.threads import fixed_threads
 
 log = logging.getLogger(__name__)
@@ -204,10 +205,7 @@ def train_denoiser(kind: str, net, schedule, latents: torch.Tensor, conds, null,
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
         opt.step()
         sched.step()
-        with torch.no_grad():
-            d = min(c["ema_decay"], (1 + step) / (10 + step))
-            for pe, p in zip(ema.parameters(), net.parameters()):
-                pe.lerp_(p, 1 - d)
+        ema_update(ema, net, step, c["ema_decay"])
         window.append(loss.item())
         if len(window) == 25 or step == c["steps"] - 1:
             curve.append(sum(window) / len(window))
