@@ -21,7 +21,7 @@ bench: setup  ## benchmarks (medians; `make bench ARGS=--quick` takes about half
 	$(PY) -m tdd_lab.bench --json $(ARGS)
 
 test: setup  ## fast test suite (slow tests deselected)
-	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(PY) -m pytest -q
+	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(PY) -m pytest -q --durations=25
 
 test-slow: setup  ## only the slow tests
 	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(PY) -m pytest -q -m slow

@@ -195,8 +195,11 @@ class CLIPTextConditioner(Conditioner):
 
 
 # ---- diffusers pipelines: latents and the pipelines' own prompt encoders --------------------------------
+TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")  # the pipelines' text-encoder attributes
+
+
 class PipelineConditioner(Conditioner):
-    """Conditions of a stock diffusers pipeline (SD1.5 / SDXL / FLUX) through its own ``encode_prompt``.
+    """Conditions of a stock diffusers pipeline (SD1.5 / SDXL / FLUX / SD3) through its own ``encode_prompt``.
 
     ``prepare_batch`` encodes images to normalised latents with the pipeline's VAE
     (``(z - shift_factor) * scaling_factor``), or takes a cached ``{"latents", "cond"}`` batch.
@@ -209,8 +212,7 @@ class PipelineConditioner(Conditioner):
         self.vae = pipe.vae.to(dtype=vae_dtype).eval().requires_grad_(False)
         self.vae_dtype = vae_dtype
         self.text_encoders = nn.ModuleList(
-            [enc.eval().requires_grad_(False) for enc in (getattr(pipe, n, None) for n in ("text_encoder", "text_encoder_2"))
-             if enc is not None])
+            [enc.eval().requires_grad_(False) for enc in (getattr(pipe, n, None) for n in TEXT_ENCODERS) if enc is not None])
         self.label_prompts, self.resolution = tuple(label_prompts), int(resolution)
         self._memo: dict[str, Condition] = {}
         self._null: Condition | None = None
@@ -245,14 +247,20 @@ class PipelineConditioner(Conditioner):
         """Prompts (and per-sample metadata of a data batch) -> condition (B, ...), float32 on this device."""
         raise NotImplementedError
 
+    memo_limit: int = 1024  # prompts memoised; beyond, encoded per call (a 30k-caption file would fill the device)
+
     def encode(self, items):
-        """Conditions of prompts (B, ...), memoised per prompt (evaluation prompts repeat)."""
+        """Conditions of prompts (B, ...), memoised per prompt (evaluation prompts repeat) up to ``memo_limit``."""
         missing = [p for p in dict.fromkeys(items) if p not in self._memo]
+        fresh: dict[str, Condition] = {}
         if missing:
             enc = self.encode_text(missing)
             for i, p in enumerate(missing):
-                self._memo[p] = map_condition(lambda x, i=i: x[i : i + 1], enc)
-        return map_condition(lambda *xs: torch.cat(xs).to(self.device), *[self._memo[p] for p in items])
+                fresh[p] = map_condition(lambda x, i=i: x[i : i + 1], enc)
+            room = max(0, self.memo_limit - len(self._memo))
+            self._memo.update(list(fresh.items())[:room])
+        return map_condition(lambda *xs: torch.cat(xs).to(self.device),
+                             *[self._memo[p] if p in self._memo else fresh[p] for p in items])
 
     def null_condition(self, device=None):
         if self._null is None:
@@ -331,18 +339,53 @@ class SDXLConditioner(PipelineConditioner):
                                       "time_ids": cond["added_cond_kwargs"]["time_ids"]}}
 
 
-class FluxConditioner(PipelineConditioner):
-    """FLUX: T5 sequence embeddings (padded to ``max_sequence_length``) and pooled CLIP embeddings."""
+class T5PipelineConditioner(PipelineConditioner):
+    """Flow-transformer pipelines (FLUX, SD3): ``{"encoder_hidden_states" (B, L, D), "pooled_projections" (B, P)}``.
+
+    The sequence holds T5 tokens padded to ``max_sequence_length`` (SD3: after the CLIP tokens); the null
+    condition is the pipeline's encoding of the empty prompt (its negative prompt ""), for CFG's unconditional
+    branch and dropped captions alike. Subclasses say which ``encode_prompt`` call makes the two tensors.
+    """
 
     def __init__(self, pipe, label_prompts, resolution, vae_dtype=torch.float32, max_sequence_length: int = 512):
         super().__init__(pipe, label_prompts, resolution, vae_dtype)
         self.max_sequence_length = int(max_sequence_length)
 
+    def encode_prompt(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pipeline's own prompt encoding: (sequence embeddings (B, L, D), pooled embeddings (B, P))."""
+        raise NotImplementedError
+
     def encode_text(self, prompts, batch=None):
-        emb, pooled, _ = self.pipe.encode_prompt(list(prompts), prompt_2=None, device=self._text_device(),
-                                                 max_sequence_length=self.max_sequence_length)
+        emb, pooled = self.encode_prompt(list(prompts))
         return {"encoder_hidden_states": emb.float().to(self.device),
                 "pooled_projections": pooled.float().to(self.device)}
 
     def describe(self):
         return {**super().describe(), "max_sequence_length": self.max_sequence_length}
+
+
+class FluxConditioner(T5PipelineConditioner):
+    """FLUX: T5 sequence embeddings (padded to ``max_sequence_length``) and pooled CLIP embeddings."""
+
+    def encode_prompt(self, prompts):
+        emb, pooled, _ = self.pipe.encode_prompt(prompts, prompt_2=None, device=self._text_device(),
+                                                 max_sequence_length=self.max_sequence_length)
+        return emb, pooled
+
+
+class SD3Conditioner(T5PipelineConditioner):
+    """SD3 / SD3.5: CLIP-L and CLIP-G penultimate hidden states concatenated on the feature axis and zero-padded to
+    T5's width, then the T5 tokens on the sequence axis: (B, 77 + max_sequence_length, D_T5); pooled = CLIP-L and
+    CLIP-G pooled projections concatenated (B, P_L + P_G). Exactly ``StableDiffusion3Pipeline.encode_prompt``
+    (one prompt for all three encoders), which is called here; the null condition is its encoding of "", the
+    pipeline's default negative prompt (SD3 has no all-zero null, unlike SDXL).
+    """
+
+    def __init__(self, pipe, label_prompts, resolution, vae_dtype=torch.float32, max_sequence_length: int = 256):
+        super().__init__(pipe, label_prompts, resolution, vae_dtype, max_sequence_length)
+
+    def encode_prompt(self, prompts):
+        emb, _, pooled, _ = self.pipe.encode_prompt(prompts, prompt_2=None, prompt_3=None, device=self._text_device(),
+                                                    do_classifier_free_guidance=False,
+                                                    max_sequence_length=self.max_sequence_length)
+        return emb, pooled

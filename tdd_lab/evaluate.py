@@ -17,6 +17,7 @@ appends to ``RUN/metrics.json``, atomically under a file lock, keys that spell o
 clipping; metrics evaluated with deterministic samplers, such as gmm2d's ``ode_error``, record eta0), rows to
 ``RUN/evaluate.csv`` and, when the run logs to W&B, a W&B run (``job_type=evaluate``) in the training run's
 group. Bad input exits with code 2 and ``error: ...``. Hydra's own files go to ``RUN/.hydra_evaluate/``.
+``watch=true`` evaluates a run's checkpoints while it trains instead (:mod:`tdd_lab.watch`).
 
 Settings that collapse onto another are said so and recorded once, under the setting they equal: an ``eta``
 asked of deterministic metrics (recorded as eta0), a non-equidistant schedule whose timesteps at some K are
@@ -56,10 +57,12 @@ from tdd_lab.validate import (
     exit_2_on_bad_command_line,
     instantiate,
 )
+from tdd_lab.watch import watch
 
 log = logging.getLogger(__name__)
 KEYS = {"steps": {int}, "eta": {float}, "guidance_scale": {float}, "t_l": {int}, "num_samples": {int},
-        "batch_size": {int}, "wandb": {bool}}  # the typed keys of conf/evaluate.yaml (steps: each item)
+        "batch_size": {int}, "wandb": {bool}, "watch": {bool}, "poll_seconds": {float},
+        "watch_timeout": {float}}  # the typed keys of conf/evaluate.yaml (steps: each item)
 CSV_COLUMNS = ["time", "key", "metric", "steps", "eta", "guidance_scale", "timestep_schedule", "t_l", "value"]
 
 
@@ -99,7 +102,8 @@ def hydra_output_root(run_dir: Any) -> str:
         if run_dir is not None:
             return str(locate_run(Path(str(run_dir))) / ".hydra_evaluate")
     except ConfigError:
-        pass
+        if run_dir is not None and (Path(str(run_dir)) / ".hydra" / "config.yaml").exists():
+            return str(Path(str(run_dir)) / ".hydra_evaluate")  # a run still training (watch=true)
     return str(Path(tempfile.gettempdir()) / "tdd_lab_evaluate")
 
 
@@ -248,21 +252,29 @@ def append_csv(run: Path, rows: list[dict]) -> Path:
     return path
 
 
-def log_wandb(cfg: DictConfig, run: Path, rows: list[dict], new: dict[str, float], grid: dict) -> str | None:
-    """A W&B run (job_type evaluate) in the training run's group: the grid table and the new keys as summary."""
+def wandb_target(cfg: DictConfig, run: Path) -> tuple[str, str, str] | None:
+    """(project, group, mode) of the training run ``run`` whose config ``cfg`` logs to W&B (None if it does not):
+    the group the training run got, so evaluations join it (a multirun's run dir is <sweep dir>/<job number>)."""
     spec = OmegaConf.select(cfg, "logger.wandb")
     if spec is None:
         return None
-    import wandb
-
     from tdd_lab.outputs import wandb_group
 
     hydra_file = run / ".hydra" / "hydra.yaml"
     multirun = hydra_file.exists() and OmegaConf.load(hydra_file).hydra.get("mode") == "MULTIRUN"
-    # the group the training run got (a multirun's run dir is <sweep dir>/<job number>)
     group = spec.get("group") or wandb_group(cfg.get("task_name", "train"), multirun, str(run.parent), str(run))
-    mode = "offline" if spec.get("offline", True) else "online"
-    wb = wandb.init(project=spec.get("project", "tdd_lab"), group=group, job_type="evaluate", dir=str(run),
+    return spec.get("project", "tdd_lab"), group, "offline" if spec.get("offline", True) else "online"
+
+
+def log_wandb(cfg: DictConfig, run: Path, rows: list[dict], new: dict[str, float], grid: dict) -> str | None:
+    """A W&B run (job_type evaluate) in the training run's group: the grid table and the new keys as summary."""
+    target = wandb_target(cfg, run)
+    if target is None:
+        return None
+    import wandb
+
+    project, group, mode = target
+    wb = wandb.init(project=project, group=group, job_type="evaluate", dir=str(run),
                     name=f"{run.name}-evaluate", mode=mode, config={"run_dir": str(run), "grid": grid},
                     tags=["evaluate"], reinit="finish_previous")
     wb.log({"evaluate/grid": wandb.Table(columns=CSV_COLUMNS, data=[[r[c] for c in CSV_COLUMNS] for r in rows])})
@@ -354,11 +366,27 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], list[dict]]:
     return new, rows
 
 
+def report_watch(result: dict, cfg: DictConfig) -> list[dict]:
+    """Say how a watcher stopped (``tdd_lab.watch``)."""
+    run = Path(str(cfg.run_dir))
+    if result["status"] == "timeout":
+        print(f"watch: stopped after watch_timeout={cfg.watch_timeout:g} s without a new checkpoint in "
+              f"{run / 'checkpoints'} (training has not written training_done.json); evaluated steps "
+              f"{result['evaluated']} in this session; restarting the watcher continues", file=sys.stderr)
+    else:
+        print(f"watch: training finished; evaluated steps {result['evaluated']} in this session, the final step: "
+              + ", ".join(f"{k} {v:.4g}" for k, v in (result["final"] or {}).items()))
+    print(f"watch state: {result['state']}")
+    return []
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
 def main(cfg: DictConfig) -> list[dict]:
     JOB_STARTED.set()
     torch.set_float32_matmul_precision("high")
     try:
+        if cfg.get("watch"):
+            return report_watch(watch(cfg), cfg)
         new, rows = evaluate(cfg)
     except (ConfigError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -6,6 +6,10 @@ One training step (TDD_SPEC section 3):
   target denoiser at (x_{t'}, t', c) under no_grad  ->  target = F(x_{t'}, t' -> s);  loss(pred, target)
 No option names are inspected here: every choice is an object with a small contract.
 
+The adversarial term (``adversarial=pcm``, TDD-adv) switches to manual optimization: a second optimizer for the
+discriminator's heads, the schedule of updates given by the adversarial component. ``adversarial=none`` keeps
+Lightning's automatic optimization and the exact numbers of the plain recipe.
+
 Placement: the student denoiser, target and solver are submodules (schedule tables and grids are
 buffers); the frozen teacher is kept out of the state dict but follows every ``.to()`` of this module
 (:meth:`_apply`), so nothing is placed by hand and no step checks devices.
@@ -21,6 +25,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import grad_norm
 
+from tdd_lab.adversarial import Adversarial, NoAdversarial
 from tdd_lab.denoiser import Denoiser
 from tdd_lab.guidance.base import Guidance
 from tdd_lab.losses import DistillationLoss
@@ -56,6 +61,9 @@ class DistillationModule(pl.LightningModule):
         check_finite: bool = True,                                   # stop on a NaN/inf loss, naming the step
         gradient_checkpointing: bool = False,                        # recompute activations in backward (memory)
         seed: int = 0,                                               # base seed; rank r draws with seed + r
+        adversarial: Adversarial | None = None,                      # discriminator term (None: none)
+        gradient_clip_val: float | None = None,                      # manual optimization only (the trainer's value)
+        gradient_clip_algorithm: str | None = None,                  # manual optimization only: norm | value
     ):
         super().__init__()
         # the frozen teacher is deliberately not a submodule: no state-dict entries, no train() switching
@@ -71,6 +79,11 @@ class DistillationModule(pl.LightningModule):
         self.target = target.bind(self.student)
         self._optimizer, self._lr_scheduler = optimizer, lr_scheduler
         self.check_finite, self.seed = check_finite, seed
+        # a discriminator to train needs two optimizers: manual optimization (Lightning clips nothing itself then)
+        self.adversarial = (adversarial or NoAdversarial()).bind(teacher)
+        self.automatic_optimization = not self.adversarial.trains
+        self.gradient_clip_val, self.gradient_clip_algorithm = gradient_clip_val, gradient_clip_algorithm
+        self._d_optimizer: torch.optim.Optimizer | None = None
         if gradient_checkpointing:
             from diffusers import ModelMixin
 
@@ -89,6 +102,11 @@ class DistillationModule(pl.LightningModule):
     def schedule(self):
         return self.student.schedule
 
+    @property
+    def batches_per_step(self) -> int:
+        """Training batches per ``global_step`` (student step): 2 under the adversarial alternation, else 1."""
+        return self.adversarial.batches_per_step
+
     def _apply(self, fn, *args, **kwargs):
         """Every move of this module moves the frozen teacher too (it is not a submodule: no state-dict entries)."""
         super()._apply(fn, *args, **kwargs)
@@ -106,6 +124,12 @@ class DistillationModule(pl.LightningModule):
     # -- training ----------------------------------------------------------------------------------
     def distillation_loss(self, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The consistency-distillation loss of one batch and health statistics (no logging, no host syncs)."""
+        pred, target, _, _, stats = self.distillation_terms(batch)
+        return self.loss_fn(pred, target), stats
+
+    def distillation_terms(self, batch):
+        """(pred, target, s, cond, stats) of one batch: the student's prediction at s (B, ...), the detached target at
+        s (B, ...), the targets s (B,), the condition the student saw, health statistics."""
         conditioner = self.teacher.conditioner
         x0, cond = conditioner.prepare_batch(batch)
         b, dev = x0.shape[0], x0.device
@@ -124,32 +148,81 @@ class DistillationModule(pl.LightningModule):
             x0_tg, eps_tg = self.target(x_prev, t_prev, g.cond, g.w_embedding)
             target = self.strategy.consistency(x_prev, t_prev, s, x0_tg, eps_tg, self.schedule)
 
-        loss = self.loss_fn(pred, target)
         stats = {"train/target_t_mean": s.float().mean(), "train/t_mean": t.float().mean(),
                  "train/dropped_frac": g.dropped.float().mean()}
         if "skipped" in batch:  # unreadable samples dropped by the collate
             stats["data/skipped"] = torch.as_tensor(float(batch["skipped"]), device=dev)
-        return loss, stats
+        return pred, target, s, g.cond, stats
 
     def training_step(self, batch, batch_idx):
         if set(batch) <= {"skipped"}:  # every sample of the batch was unreadable: skip the step
             log.warning("step %d: all %d samples of the batch were unreadable; batch skipped",
                         self.global_step, batch.get("skipped", 0))
             return None
+        if not self.automatic_optimization:
+            return self.adversarial_step(batch)
         loss, stats = self.distillation_loss(batch)
-        if self.check_finite and not torch.isfinite(loss):  # one host sync; stops before backward/step
-            raise NonFiniteLossError(
-                f"non-finite loss ({loss.item()}) at step {self.global_step}: stopping before the optimizer step; "
-                "the last checkpoint was written before this step and is intact")
+        self._check_finite(loss)
         self.log("train/loss", loss, prog_bar=True)
         self.log_dict(stats)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"])
         return loss
 
+    def _check_finite(self, loss: torch.Tensor) -> None:
+        if self.check_finite and not torch.isfinite(loss):  # one host sync; stops before backward/step
+            raise NonFiniteLossError(
+                f"non-finite loss ({loss.item()}) at step {self.global_step}: stopping before the optimizer step; "
+                "the last checkpoint was written before this step and is intact")
+
+    def adversarial_step(self, batch) -> torch.Tensor:
+        """One batch under manual optimization: the updates the adversarial schedule asks for.
+
+        Student update: consistency loss + adv_weight x generator hinge loss (heads frozen), then the lr scheduler and
+        the target (EMA) update, as the automatic path does after its optimizer step. Discriminator update: hinge loss
+        on the detached target (real) and prediction (fake), stepped through the strategy but not counted in
+        ``global_step``, so ``trainer.max_steps`` and checkpoint/validation intervals count student steps. All losses
+        are computed before any update (one finiteness check); the student steps first, so the discriminator's
+        in-place update never touches a graph still to be differentiated.
+        """
+        opt_s, opt_d = self.optimizers()
+        update_d, update_g = self.adversarial.updates()
+        with torch.set_grad_enabled(update_g):  # a discriminator-only batch needs no graph through the student
+            pred, target, s, cond, stats = self.distillation_terms(batch)
+            loss = self.loss_fn(pred, target)
+        logs, total = {"train/loss": loss}, loss
+        if update_g:
+            logs["train/g_loss"] = self.adversarial.generator_loss(pred, s, cond)
+            total = loss + self.adversarial.adv_weight * logs["train/g_loss"]
+        if update_d:
+            logs["train/d_loss"] = self.adversarial.discriminator_loss(target, pred, s, cond)
+        self._check_finite(sum(logs.values()))
+        self.log("train/loss", loss, prog_bar=True)
+        self.log_dict({k: v.detach() for k, v in logs.items() if k != "train/loss"} | stats)
+        self.log("train/lr", opt_s.param_groups[0]["lr"])
+        if update_g:
+            opt_s.zero_grad()
+            self.manual_backward(total)
+            opt_s.step()  # clipping: on_before_optimizer_step
+            scheduler = self.lr_schedulers()
+            if scheduler is not None:
+                scheduler.step()
+            self.target.update(self.student)
+        if update_d:
+            opt_d.zero_grad()
+            self.manual_backward(logs["train/d_loss"])
+            self.trainer.strategy.optimizer_step(opt_d.optimizer, closure=_no_closure, model=self)
+        self.adversarial.advance()
+        return total.detach()
+
     def on_before_optimizer_step(self, optimizer) -> None:
+        if optimizer is self._d_optimizer:  # manual optimization: the heads' step
+            self.clip_gradients(optimizer, self.gradient_clip_val, self.gradient_clip_algorithm)
+            return
         norms = grad_norm(self.student, norm_type=2)
         if "grad_2.0_norm_total" in norms:
             self.log("train/grad_norm", norms["grad_2.0_norm_total"])
+        if not self.automatic_optimization:  # after AMP unscaling and the norm log, as Lightning's automatic clipping
+            self.clip_gradients(optimizer, self.gradient_clip_val, self.gradient_clip_algorithm)
 
     def optimizer_step(self, *args, **kwargs) -> None:
         super().optimizer_step(*args, **kwargs)
@@ -158,6 +231,9 @@ class DistillationModule(pl.LightningModule):
 
     def configure_optimizers(self):
         opt = self._optimizer(trainable_parameters(self.student))
+        if not self.automatic_optimization:  # [student, heads]; the scheduler is stepped by adversarial_step
+            self._d_optimizer = self.adversarial.make_optimizer()
+            return [opt, self._d_optimizer], [] if self._lr_scheduler is None else [self._lr_scheduler(opt)]
         if self._lr_scheduler is None:
             return opt
         return {"optimizer": opt, "lr_scheduler": {"scheduler": self._lr_scheduler(opt), "interval": "step"}}
@@ -182,3 +258,7 @@ class DistillationModule(pl.LightningModule):
             absent = [k for k in self.state_dict() if k not in checkpoint["state_dict"] and k not in missing]
             if absent:
                 raise RuntimeError(f"checkpoint lacks {len(absent)} trainable weights, e.g. {absent[:3]}")
+
+
+def _no_closure() -> None:
+    """The closure of an optimizer step whose backward already ran (manual optimization)."""

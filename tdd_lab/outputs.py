@@ -87,9 +87,15 @@ def log_results(loggers, metrics: dict[str, float], images: dict[str, Path], ste
             lg.experiment.summary.update(metrics)
 
 
+# distillation is judged first by fidelity to the teacher: these lead the tables, in this order
+FIDELITY_METRICS = ("fid_teacher", "kid/teacher", "teacher_rmse", "ode_error", "ode_rmse")
+
+
 def _metric_names(metrics) -> list[str]:
-    """``eval/fid@4``, ``teacher/fid@50`` -> ``fid``: the metric names present, sorted."""
-    return sorted({re.sub(r"^(eval|teacher)/|@\d+$", "", k) for k in metrics if "@" in k})
+    """``eval/fid@4``, ``teacher/fid@50`` -> ``fid``: the metric names present, fidelity to the teacher first
+    (:data:`FIDELITY_METRICS`), then the others (real-data metrics, accuracies) sorted."""
+    names = {re.sub(r"^(eval|teacher)/|@\d+$", "", k) for k in metrics if "@" in k}
+    return [m for m in FIDELITY_METRICS if m in names] + sorted(names - set(FIDELITY_METRICS))
 
 
 def _table_rows(metrics, steps):
@@ -159,20 +165,123 @@ def _finish_wandb() -> None:
         wandb.finish()
 
 
-def make_loggers(cfg) -> list:
+# ---- W&B run identity across resumes: the id lives in the run dir, history is never written twice ----------
+WANDB_ID_FILE = "wandb_id"
+
+
+def wandb_run_id(run_dir: str | Path | None, continuing: bool) -> str | None:
+    """The W&B run id of ``run_dir``: the one in ``<run dir>/wandb_id`` when the run continues from a checkpoint
+    (``resume=auto``), else a new one written there (atomically, by rank 0 only; other ranks log nothing)."""
+    import os
+    import uuid
+
+    from lightning_fabric.utilities.rank_zero import rank_zero_only
+
+    if run_dir is None:
+        return None
+    path = Path(str(run_dir)) / WANDB_ID_FILE
+    if continuing and path.exists():
+        return path.read_text().strip()
+    if getattr(rank_zero_only, "rank", 0) != 0:
+        return None
+    run_id = uuid.uuid4().hex[:8]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(run_id + "\n")
+    tmp.replace(path)
+    return run_id
+
+
+def wandb_records(path: Path) -> list[dict]:
+    """The records of one ``run-<id>.wandb`` transaction log, read with wandb's own reader
+    (``wandb leet inspect --json``; it stops cleanly at the end of a file cut short by a killed process)."""
+    import json
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(path)], capture_output=True,
+                         text=True, timeout=600)
+    if res.returncode != 0:
+        raise RuntimeError(f"wandb leet inspect {path}: {res.stderr.strip()[-500:]}")
+    return [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+
+
+def logged_steps(wandb_dir: str | Path, run_id: str) -> dict[str, int]:
+    """{metric key: the last ``trainer/global_step`` it was logged at} in the W&B run ``run_id``'s transaction logs
+    under ``wandb_dir`` (each earlier process of a resumed run wrote one, offline or online).
+
+    Per key, because a process stopped inside a step may have logged part of it (the learning rate at the step's
+    start, not yet its loss). The reader flattens media values (``samples@2._type``): their prefixes count too.
+    """
+    import logging
+
+    last: dict[str, int] = {}
+    for f in sorted(Path(str(wandb_dir)).glob(f"*run-*-{run_id}/run-{run_id}.wandb")):
+        try:
+            records = wandb_records(f)
+        except (RuntimeError, OSError, ValueError) as e:  # an old wandb without `leet`: history may repeat steps
+            logging.getLogger(__name__).warning("W&B resume: cannot read %s (%s); steps may be logged twice", f, e)
+            continue
+        for r in records:
+            item = r["history"]["item"] if r.get("type") == "history" else {}
+            if "trainer/global_step" not in item:
+                continue
+            step = int(item["trainer/global_step"])
+            for key in item:
+                if key.startswith("_") or key == "trainer/global_step":
+                    continue
+                parts = key.split(".")
+                for i in range(1, len(parts) + 1):
+                    name = ".".join(parts[:i])
+                    last[name] = max(step, last.get(name, step))
+    return last
+
+
+class ResumableWandbLogger(WandbLogger):
+    """A ``WandbLogger`` that does not log a point its W&B run already holds.
+
+    A run continued from a checkpoint at step S (``resume=auto``) repeats steps S+1.. that the stopped process may
+    already have logged; given ``logged`` ({key: last step logged}, :func:`logged_steps`) each such point is kept
+    once, from the process that logged it first, and the rest of the step is logged. Metrics logged without a step
+    (the final evaluation) pass.
+    """
+
+    def __init__(self, *args, logged: dict[str, int] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.logged = dict(logged or {})
+
+    def log_metrics(self, metrics, step: int | None = None) -> None:
+        if step is not None and self.logged:
+            metrics = {k: v for k, v in metrics.items() if step > self.logged.get(k, -1)}
+            if not metrics:
+                return
+        super().log_metrics(metrics, step)
+
+
+def make_loggers(cfg, resumed_from: str | None = None) -> list:
     """Instantiate ``cfg.logger``; the W&B logger gets the sweep's group (unless set) and the ablation axes as tags
-    (``strategy:tdd``, ``seed=1``, class names) and config fields (``ablation``)."""
+    (``strategy:tdd``, ``seed=1``, class names) and config fields (``ablation``). Its run id is kept in the run dir:
+    a run continued from checkpoint ``resumed_from`` continues its W&B run, without logging a step twice."""
     import hydra
+    from omegaconf import OmegaConf
 
     loggers = []
     for spec in (cfg.get("logger") or {}).values():
-        if not issubclass(get_class(spec._target_), WandbLogger):
+        cls = get_class(spec._target_)
+        if not issubclass(cls, WandbLogger):
             loggers.append(hydra.utils.instantiate(spec))
             continue
         _finish_wandb()  # a previous job of this process (basic-launcher multirun) must not be reused
         ident = run_identity(cfg)
         tags = list(dict.fromkeys([*(spec.get("tags") or []), *ident["tags"]]))
-        lg = hydra.utils.instantiate(spec, group=spec.get("group") or ident["group"], tags=tags)
+        run_dir = OmegaConf.select(cfg, "paths.output_dir", default=None, throw_on_resolution_failure=False)
+        extra = {}
+        if not (spec.get("id") or spec.get("version")):
+            extra["id"] = wandb_run_id(run_dir, resumed_from is not None)
+            if resumed_from is not None and extra["id"] and issubclass(cls, ResumableWandbLogger):
+                wandb_dir = Path(str(spec.get("save_dir") or spec.get("dir") or run_dir)) / "wandb"
+                extra["logged"] = logged_steps(wandb_dir, extra["id"])
+        lg = hydra.utils.instantiate(spec, group=spec.get("group") or ident["group"], tags=tags, **extra)
         lg.log_hyperparams({"ablation": {**ident["choices"], **ident["overrides"]}, "classes": ident["classes"],
                             "wandb_group": spec.get("group") or ident["group"]})
         loggers.append(lg)

@@ -23,6 +23,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from tdd_lab.callbacks import SaveOnSigterm
+from tdd_lab.callbacks.validation import validation_callback
 from tdd_lab.data.image_folder import DataQualityError
 from tdd_lab.export import export_student
 from tdd_lab.module import DistillationModule, NonFiniteLossError
@@ -38,6 +39,7 @@ from tdd_lab.validate import (
     instantiate,
     preflight,
 )
+from tdd_lab.watch import clear_training_done, mark_training_done
 
 log = logging.getLogger(__name__)
 SIGTERM_EXIT = 143  # 128 + SIGTERM: the shell's code for a process ended by SIGTERM
@@ -65,6 +67,9 @@ def build_module(cfg: DictConfig, parts: Components) -> tuple[DistillationModule
         optimizer=instantiate(cfg.optimizer, "optimizer"),
         lr_scheduler=instantiate(cfg.lr_scheduler, "lr_scheduler") if cfg.get("lr_scheduler") else None,
         seed=int(cfg.seed),
+        adversarial=parts.adversarial,
+        gradient_clip_val=cfg.trainer.get("gradient_clip_val"),  # applied by the module under manual optimization
+        gradient_clip_algorithm=cfg.trainer.get("gradient_clip_algorithm"),
         **cfg.get("model", {}),
     )
     return module, instantiate(cfg.data, "data", teacher=teacher)
@@ -94,11 +99,17 @@ def checkpointing_warning(cfg: DictConfig) -> str | None:
             "checkpoints/last.ckpt; add callbacks=default trainer.enable_checkpointing=true to checkpoint the run")
 
 
-def fit(cfg: DictConfig, module, datamodule, loggers, out_dir: Path) -> pl.Trainer:
-    """``Trainer.fit`` with the configured callbacks plus :class:`SaveOnSigterm`; raises :class:`Preempted`."""
+def fit(cfg: DictConfig, module, datamodule, loggers, out_dir: Path, parts: Components | None = None) -> pl.Trainer:
+    """``Trainer.fit`` with the configured callbacks plus :class:`SaveOnSigterm` and, given the run's ``parts`` and
+    ``validation.every_n_steps`` > 0, :class:`ValidationCallback` (learning curves); raises :class:`Preempted`."""
     on_sigterm = SaveOnSigterm(out_dir / "checkpoints")
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()] + [on_sigterm]
-    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+    validation = validation_callback(cfg, parts.sampler, parts.guidance, out_dir) if parts is not None else None
+    if validation is not None:
+        callbacks.append(validation)
+    # manual optimization (adversarial=pcm) clips in the module: Lightning refuses a Trainer gradient_clip_val then
+    manual = {} if module.automatic_optimization else {"gradient_clip_val": None}
+    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, **manual)
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     ckpt = resume_path(cfg, out_dir)
@@ -125,6 +136,17 @@ def export(cfg: DictConfig, module, parts: Components, out_dir: Path) -> Path | 
                           kohya=bool(cfg.get("export_kohya", False)), fused=bool(cfg.get("export_fused", False)))
 
 
+def split_evaluation(trainer: pl.Trainer) -> bool:
+    """Whether the final evaluation's sampling is split over the ranks of this run (Lightning's DDP process group is
+    still up after fit): then every rank takes part (:meth:`~tdd_lab.evaluation.Evaluator.split_over_ranks`).
+    DDP only: an FSDP-sharded student would need every rank in each forward, and the ranks' batch counts differ."""
+    import torch.distributed as dist
+    from pytorch_lightning.strategies import DDPStrategy
+
+    return (isinstance(trainer.strategy, DDPStrategy) and trainer.world_size > 1 and dist.is_available()
+            and dist.is_initialized())
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, export, evaluate and log; returns the metrics written to ``metrics.json``."""
     parts = preflight(cfg)  # every cheap component built once, before any weights are read
@@ -135,26 +157,33 @@ def train(cfg: DictConfig) -> dict[str, float]:
     out_dir = Path(cfg.paths.output_dir)
     module, datamodule = build_module(cfg, parts)
     evaluator, sampler, guidance = parts.evaluator, parts.sampler, parts.guidance
-    loggers = make_loggers(cfg)
-    trainer = fit(cfg, module, datamodule, loggers, out_dir)
-    if not trainer.is_global_zero:
+    loggers = make_loggers(cfg, resume_path(cfg, out_dir))  # a continued run continues its W&B run
+    clear_training_done(out_dir)  # a continued run (resume=auto) is not finished until this fit returns
+    trainer = fit(cfg, module, datamodule, loggers, out_dir, parts)
+    main = trainer.is_global_zero
+    if not main and not split_evaluation(trainer):
         return {}
+    if main:
+        mark_training_done(out_dir, trainer.global_step)  # before evaluation: a checkpoint watcher may stop now
 
     # Lightning's teardown moves the module back to the CPU after fit: evaluate on the training device
     # (one .to() places student, target, solver grids, schedule tables and the frozen teacher)
     device = trainer.strategy.root_device
     module.to(device).eval()
     teacher = module.teacher
-    exported = export(cfg, module, parts, out_dir)  # first: a failing evaluation must not lose the student
+    exported = export(cfg, module, parts, out_dir) if main else None  # first: a failing evaluation must not lose it
     try:
-        student_metrics, student_samples = evaluator.evaluate_student(module.student, teacher, guidance, sampler,
-                                                                      device)
-        teacher_metrics, teacher_samples = evaluator.evaluate_teacher(teacher, guidance, sampler, device)
+        with evaluator.split_over_ranks():  # multi-process runs: every rank samples its share, rank 0 scores
+            student_metrics, student_samples = evaluator.evaluate_student(module.student, teacher, guidance, sampler,
+                                                                          device)
+            teacher_metrics, teacher_samples = evaluator.evaluate_teacher(teacher, guidance, sampler, device)
     except Exception:
         kept = (f"the trained student is exported in {exported}; `python -m tdd_lab.evaluate run_dir={out_dir}` "
                 "evaluates it again" if exported else f"the checkpoints in {out_dir / 'checkpoints'} hold the student")
         log.error("evaluation failed after training: %s", kept)
         raise
+    if not main:
+        return {}
     metrics = {**student_metrics, **teacher_metrics, "train/steps": float(trainer.global_step)}
     if "train/loss" in trainer.callback_metrics:
         metrics["train/loss_final"] = float(trainer.callback_metrics["train/loss"])

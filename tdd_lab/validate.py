@@ -213,6 +213,26 @@ def check_evaluator(node: Any, prefix: str = "metrics") -> None:
         walk(get(node, "metrics"), f"{prefix}.metrics")
 
 
+def check_validation(cfg: DictConfig, num_ddim_timesteps: int) -> None:
+    """The ``validation`` block (in-training learning curves): its values, the Evaluator settings it gives the run's
+    ``metrics`` config, its step counts within the distillation grid, and a strategy it can run under."""
+    from tdd_lab.callbacks.validation import ValidationSettings
+
+    settings = ValidationSettings.from_config(cfg.get("validation"))
+    if not settings.every_n_steps:
+        return
+    node = settings.evaluator_config(cfg.metrics)
+    check_evaluator(node, "validation")
+    for k in node.steps:
+        if not 1 <= int(k) <= num_ddim_timesteps:
+            raise ConfigError(f"validation.steps: {k} is outside [1, solver.num_ddim_timesteps={num_ddim_timesteps}]")
+    strategy = cfg.trainer.get("strategy")
+    target = str(strategy.get("_target_", "")) if isinstance(strategy, DictConfig) else str(strategy or "")
+    if "fsdp" in target.lower():
+        raise ConfigError("validation: in-training validation samples the student on rank 0 alone, which a sharded "
+                          "(FSDP) student cannot do; set validation.every_n_steps=0 under trainer=fsdp")
+
+
 # every top-level key of conf/train.yaml that is not a component
 TRAIN_KEYS = {"seed": {int}, "cpu_threads": {int}, "export": {bool}, "export_kohya": {bool}, "export_fused": {bool}}
 
@@ -228,6 +248,7 @@ class Components:
     student: Any
     target: Any
     evaluator: Any
+    adversarial: Any = None  # tdd_lab.adversarial.Adversarial (None: a config without the group, as adversarial=none)
 
 
 def preflight(cfg: DictConfig) -> Components:
@@ -236,7 +257,8 @@ def preflight(cfg: DictConfig) -> Components:
     Reads no model weights (only checks that paths exist), so it takes well under a second.
     """
     check_keys(cfg, TRAIN_KEYS)
-    check_types(cfg, extra={"model": "tdd_lab.module.DistillationModule"})
+    check_types(cfg, extra={"model": "tdd_lab.module.DistillationModule",
+                            "validation": "tdd_lab.callbacks.validation.ValidationSettings"})
     check_evaluator(cfg.metrics, "metrics")
     n = int(cfg.solver.get("num_ddim_timesteps", 50))
     t_train = int(cfg.teacher.get("num_train_timesteps", 1000))
@@ -244,16 +266,24 @@ def preflight(cfg: DictConfig) -> Components:
         check_grid_size(t_train, n)
     except ValueError as e:
         raise ConfigError(f"solver: {e}") from None
+    # the evaluator is built last (below): its metrics may train and cache a feature network on first use (the
+    # digit classifier), and every other check must fail in seconds before that
     parts = Components(**{g: instantiate(cfg[g], g) for g in ("strategy", "guidance", "loss", "sampler", "student",
                                                                  "target")},
-                       evaluator=instantiate(cfg.metrics, "metrics"))
+                       evaluator=None,
+                       adversarial=instantiate(cfg.adversarial, "adversarial") if "adversarial" in cfg else None)
+    accumulate = int(cfg.trainer.get("accumulate_grad_batches", 1))
+    if parts.adversarial is not None and parts.adversarial.trains and accumulate != 1:
+        raise ConfigError("trainer.accumulate_grad_batches: adversarial training uses manual optimization, which "
+                          "Lightning runs without gradient accumulation; set it to 1")
     strat = cfg.strategy
     for key in ("num_inference_steps_max", "num_phases"):
         if key in strat and int(strat[key]) > n:
             raise ConfigError(f"strategy.{key}={strat[key]} exceeds solver.num_ddim_timesteps={n}")
-    for k in parts.evaluator.steps:
+    for k in cfg.metrics.get("steps") or ():  # check_evaluator has checked that they are integers
         if not 1 <= int(k) <= n:
             raise ConfigError(f"metrics.steps: {k} is outside [1, solver.num_ddim_timesteps={n}]")
+    check_validation(cfg, n)
     if int(cfg.trainer.get("max_steps", 1)) <= 0:
         raise ConfigError(f"trainer.max_steps must be > 0, got {cfg.trainer.max_steps}")
     if "batch_size" in cfg.data and int(cfg.data.batch_size) <= 0:
@@ -290,6 +320,7 @@ def preflight(cfg: DictConfig) -> Components:
     resume = cfg.get("resume")
     if resume not in (None, "auto") and not Path(str(resume)).is_file():
         raise ConfigError(f"resume: checkpoint {str(resume)!r} not found (use a .ckpt path, 'auto' or null)")
+    parts.evaluator = instantiate(cfg.metrics, "metrics")
     return parts
 
 

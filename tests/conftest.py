@@ -58,7 +58,7 @@ def fast_overrides(experiment):
     """Smoke overrides plus tiny embedded teachers/classifier for ``experiment``."""
     common = [f"experiment={experiment}", "debug=smoke"]
     if experiment.endswith("digits"):
-        return common + ["teacher.train_steps=20", "teacher.batch_size=32", "metrics.metrics.classifier_epochs=1"]
+        return common + ["teacher.train_steps=20", "teacher.batch_size=32", "metrics.metrics.members.digits.classifier_epochs=1"]
     return common + ["teacher.init_steps=20", "metrics.metrics.ode_steps=100"]
 
 

@@ -11,19 +11,20 @@ from tdd_lab.train import accept_plus_groups
 
 from .conftest import CONF_DIR, compose_cfg
 
-GROUPS = ["teacher", "data", "solver", "strategy", "guidance", "loss", "student", "target", "optimizer", "sampler",
-          "metrics", "logger", "callbacks", "trainer", "paths", "experiment", "debug"]
+GROUPS = ["teacher", "data", "solver", "strategy", "guidance", "loss", "student", "target", "adversarial", "optimizer",
+          "sampler", "metrics", "logger", "callbacks", "trainer", "paths", "experiment", "debug"]
 REQUIRED = {
     "strategy": {"tdd", "lcm", "pcm", "tcd"},
     "guidance": {"fixed", "lcm_w", "decoupled"},
     "sampler": {"tdd", "lcm", "tcd", "ddim", "dpmpp"},
     "loss": {"l2", "huber"},
-    "student": {"full", "lora"},
-    "experiment": {"tdd_digits", "tdd_gmm2d", "tdd_sdxl", "tdd_sd15", "tdd_flux", "lcm_sdxl", "pcm_sdxl", "tcd_sdxl",
-                   "tdd_sdxl_mnist", "tdd_flux_mnist"},
-    "teacher": {"digits", "gmm2d", "sd15", "sdxl", "flux", "mnist_sdxl", "mnist_flux"},
+    "student": {"full", "lora", "lora_sdxl", "lora_flux", "lora_sd3"},
+    "experiment": {"tdd_digits", "tdd_gmm2d", "tdd_sdxl", "tdd_sd15", "tdd_flux", "tdd_sd3", "lcm_sdxl", "pcm_sdxl",
+                   "tcd_sdxl", "tdd_sdxl_mnist", "tdd_flux_mnist"},
+    "teacher": {"digits", "gmm2d", "sd15", "sdxl", "flux", "sd3", "mnist_sdxl", "mnist_flux"},
     "data": {"digits", "gmm2d", "image_folder", "webdataset", "mnist_color"},
     "debug": {"smoke"},
+    "adversarial": {"none", "pcm"},
 }
 
 
@@ -62,7 +63,7 @@ def test_every_option_composes_and_targets_resolve(group, option, tmp_path, cach
             get_method(target)
 
 
-@pytest.mark.parametrize("group", ["strategy", "guidance", "loss", "student", "target", "sampler"])
+@pytest.mark.parametrize("group", ["strategy", "guidance", "loss", "student", "target", "sampler", "adversarial"])
 def test_cheap_components_instantiate(group, tmp_path, cache_dir):
     for option in options(group):
         cfg = compose_cfg([f"{group}={option}"], tmp_path, cache_dir)
@@ -98,7 +99,7 @@ def test_sdxl_baselines_differ_from_tdd_only_in_strategy_guidance_sampler(experi
     assert recipe["teacher"]["dtype"] == "bf16" and recipe["model"]["gradient_checkpointing"] is True
 
 
-@pytest.mark.parametrize("experiment", ["tdd_sdxl", "tdd_sd15", "tdd_flux"])
+@pytest.mark.parametrize("experiment", ["tdd_sdxl", "tdd_sd15", "tdd_flux", "tdd_sd3"])
 @pytest.mark.parametrize("group", ["strategy", "guidance", "student", "loss", "sampler"])
 def test_real_experiments_accept_every_option_of_a_group(experiment, group, tmp_path, cache_dir):
     """`+experiment=tdd_sdxl student=full` (or strategy=..., guidance=...) must compose and instantiate."""

@@ -12,7 +12,7 @@ from .conftest import CONF_DIR
 from .test_wandb_sweep import GMM, ROOT, offline_runs, run_cli
 
 DIGITS = ["+experiment=tdd_digits", "debug=smoke", "teacher.train_steps=20", "teacher.batch_size=32",
-          "metrics.metrics.classifier_epochs=1"]
+          "metrics.metrics.members.digits.classifier_epochs=1"]
 
 
 def compose_app(name, overrides):

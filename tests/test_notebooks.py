@@ -60,6 +60,7 @@ def test_notebooks_are_stored_without_outputs(name):
     assert any("parameters" in c.metadata.get("tags", []) for c in code)
 
 
+@pytest.mark.slow  # executes the notebook on a trained gmm2d sweep (~1 min with the sweep)
 def test_ablation_analysis_notebook(gmm_sweep, tmp_path, cache_dir, monkeypatch):
     nb = execute("ablation_analysis.ipynb", {"TDD_SWEEP_DIR": str(gmm_sweep), "TDD_NOTEBOOK_OUT": str(tmp_path),
                                              "TDD_LAB_CACHE": str(cache_dir)}, monkeypatch)
@@ -79,6 +80,7 @@ def test_ablation_analysis_notebook(gmm_sweep, tmp_path, cache_dir, monkeypatch)
     assert "eval/ode_error@4: best strategy=" in text
 
 
+@pytest.mark.slow  # executes the notebook on a trained gmm2d sweep (~1 min with the sweep)
 def test_gmm_trajectories_notebook(gmm_sweep, tmp_path, cache_dir, monkeypatch):
     nb = execute("gmm_trajectories.ipynb", {"TDD_GMM_SWEEP_DIR": str(gmm_sweep), "TDD_NOTEBOOK_OUT": str(tmp_path),
                                             "TDD_LAB_CACHE": str(cache_dir)}, monkeypatch)

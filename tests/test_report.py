@@ -102,3 +102,71 @@ def test_step_plot_shows_spread_over_seeds_and_the_teacher(tmp_path, monkeypatch
     assert kw["dashed"] == {"teacher (same sampler)": ([2, 4], [12.0, 9.0])}
     assert kw["hlines"] == {"teacher 10 steps (reference)": 7.0}
     assert (tmp_path / "ablation_eval_fid.png").stat().st_size > 10_000
+
+
+# ---- learning curves (validation.json of each run) --------------------------------------------------------
+def fake_curves(root, with_metrics=True):
+    """Two settings x two seeds; seed 1 of lcm stopped early (no step 20). val/fid@4 = base - step / 10 + seed."""
+    base = {"tdd": 5.0, "lcm": 9.0}
+    for i, (strategy, seed) in enumerate([("tdd", 0), ("tdd", 1), ("lcm", 0), ("lcm", 1)]):
+        run = root / str(i)
+        (run / ".hydra").mkdir(parents=True)
+        (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"strategy={strategy}", f"seed={seed}"]))
+        steps = (0, 10) if (strategy, seed) == ("lcm", 1) else (0, 10, 20)
+        (run / "validation.json").write_text(json.dumps({str(s): {"val/fid@4": base[strategy] - s / 10 + seed,
+                                                                  "val/seconds": 0.5} for s in steps}))
+        if with_metrics:
+            (run / "metrics.json").write_text(json.dumps({"eval/fid@4": base[strategy] - 2}))
+
+
+def test_curves_mean_and_spread_over_seeds(tmp_path, capsys):
+    from tdd_lab.report import curve_stats, load_curve_runs
+
+    fake_curves(tmp_path)
+    stats = curve_stats(load_curve_runs(tmp_path))
+    assert list(stats) == ["val/fid@4"]  # val/seconds is no curve
+    tdd, lcm = stats["val/fid@4"]["strategy=tdd"], stats["val/fid@4"]["strategy=lcm"]
+    assert tdd == {"steps": [0, 10, 20], "mean": [5.5, 4.5, 3.5], "std": pytest.approx([0.5 ** 0.5] * 3), "runs": 2}
+    assert lcm["steps"] == [0, 10, 20] and lcm["mean"] == [9.5, 8.5, 7.0]  # step 20: seed 0 alone
+    assert lcm["std"][2] == 0.0
+
+
+def test_sweep_report_draws_curves_and_the_cli_compares_to_a_reference(tmp_path, capsys, monkeypatch):
+    """The sweep report writes curves.json and a plot per val metric; `--curves DIR --reference curves.json` draws
+    the reference dashed, for a single unfinished run (no metrics.json yet) too."""
+    from tdd_lab import report
+
+    sweep = tmp_path / "sweep"
+    fake_curves(sweep)
+    assert main([str(sweep)]) == 0
+    assert (sweep / "curves_val_fid_at4.png").stat().st_size > 10_000
+    assert "curves_val_fid_at4.png" in (sweep / "ablation.md").read_text()
+    reference = json.loads((sweep / "curves.json").read_text())
+    assert reference["val/fid@4"]["strategy=tdd"]["mean"] == [5.5, 4.5, 3.5]
+
+    run = tmp_path / "mine"
+    run.mkdir()
+    (run / "validation.json").write_text(json.dumps({"0": {"val/fid@4": 6.0}, "10": {"val/fid@4": 5.0}}))
+    drawn = {}
+    real = report.curve_plot
+    monkeypatch.setattr(report, "curve_plot", lambda path, curves, ylabel, ref=None: drawn.update(
+        {path.name: (curves, ref)}) or real(path, curves, ylabel, ref))
+    capsys.readouterr()
+    assert main(["--curves", str(run), "--reference", str(sweep / "curves.json")]) == 0
+    curves, ref = drawn["curves_val_fid_at4.png"]
+    assert curves == {"all": {"steps": [0, 10], "mean": [6.0, 5.0], "std": [0.0, 0.0], "runs": 1}}
+    assert ref == reference["val/fid@4"]
+    assert "| val/fid@4 | all | 1 | 10 | 5 |" in capsys.readouterr().out
+    assert (run / "curves.md").exists() and (run / "curves_val_fid_at4.png").exists()
+
+
+def test_curves_errors(tmp_path, capsys):
+    assert main(["--curves", str(tmp_path)]) == 2
+    assert "no run with a validation.json" in capsys.readouterr().err
+    fake_curves(tmp_path, with_metrics=False)
+    (tmp_path / "bad.json").write_text(json.dumps({"val/fid@4": {"all": {"steps": [0], "mean": []}}}))
+    assert main(["--curves", str(tmp_path), "--reference", str(tmp_path / "bad.json")]) == 2
+    assert "expected {metric: {setting: {steps, mean, std}}}" in capsys.readouterr().err
+    (tmp_path / "3" / "validation.json").write_text('{"0": {"val/fid@4": ')  # being written
+    assert main(["--curves", str(tmp_path)]) == 0
+    assert "warning: skipping the curve of run 3" in capsys.readouterr().err

@@ -93,6 +93,7 @@ def cli(args, cache):
                           text=True, timeout=600)
 
 
+@pytest.mark.slow  # ~1.5 min: two subprocess runs; test_validation_curves and test_wandb_run resume in-process in the fast set
 def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, cache_dir):
     """Resume restores the checkpoint (probe: start step, steps run, optimizer/lr/RNG states) and ends bit-identical
     to the uninterrupted run. Without the restore a fresh deterministic rerun would also end bit-identical: the probe
@@ -181,6 +182,7 @@ def test_non_finite_loss_stops_with_clear_message(tmp_path, cache_dir, monkeypat
     assert all(torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point())
 
 
+@pytest.mark.slow  # ~30 s: DDP training on two gloo processes; the fast set keeps test_eval_ranks' two forked ranks
 def test_ddp_two_cpu_processes_rank0_writes_outputs(tmp_path, cache_dir):
     """`trainer=ddp` with 2 CPU processes (gloo): trains, ranks draw with different seeds, rank 0 alone writes."""
     run = tmp_path / "ddp"

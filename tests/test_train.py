@@ -142,7 +142,7 @@ def test_cli_train_then_sample_round_trip(tmp_path, cache_dir):
     """`python -m tdd_lab.train` writes student/, `python -m tdd_lab.sample` generates from it."""
     run_dir = tmp_path / "run"
     res = run_cli(["-m", "tdd_lab.train", "+experiment=tdd_digits", "debug=smoke", "teacher.train_steps=20",
-                   "teacher.batch_size=32", "metrics.metrics.classifier_epochs=1", f"hydra.run.dir={run_dir}"],
+                   "teacher.batch_size=32", "metrics.metrics.members.digits.classifier_epochs=1", f"hydra.run.dir={run_dir}"],
                   ROOT, cache_dir)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "| steps |" in res.stdout and (run_dir / "metrics.json").exists()

@@ -16,8 +16,10 @@ def model_card(info: dict, meta: dict) -> str:
     flow = meta.get("prediction_type") == "flow"
     gen_line = "\npipe.scheduler.generator = torch.Generator().manual_seed(0)  # re-noising seed (eta > 0)" if flow else ""
     sched = "FlowTDDScheduler" if flow else "TDDScheduler"
-    if flow:
+    if flow and info.get("embedded_guidance") is not None:  # FLUX: embedded guidance, CFG as true_cfg_scale
         call = f"guidance_scale={info['embedded_guidance']}" + (f", true_cfg_scale={g}, negative_prompt=\"\"" if g != 1 else "")
+    elif flow:  # SD3: guidance_scale is CFG; eta is a scheduler setting
+        call = f"guidance_scale={g}"
     else:
         call = f"guidance_scale={g}, eta={eta}"
     dtype = info.get("dtype", "float32")

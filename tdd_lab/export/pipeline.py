@@ -1,4 +1,4 @@
-"""Exports of students of diffusers teachers (SD1.5 / SDXL / FLUX), in the format the stock pipeline loads.
+"""Exports of students of diffusers teachers (SD1.5 / SDXL / FLUX / SD3), in the format the stock pipeline loads.
 
 LoRA students: ``pytorch_lora_weights.safetensors`` written by the pipeline class's own
 ``save_lora_weights`` with rank and alpha in its metadata (``load_lora_weights`` applies alpha / r),
@@ -46,7 +46,7 @@ class PipelineExporter(Exporter):
             if kohya:
                 if model_attr != "unet":
                     raise ValueError("export_kohya: the kohya/A1111 LoRA layout is written for UNet models (SD1.5, SDXL); "
-                                     "FLUX students are exported in the diffusers format only")
+                                     "FLUX and SD3 students are exported in the diffusers format only")
                 write_kohya(sd, lora["alpha"], model_attr, directory / "lora_kohya.safetensors")
             if fused:
                 getattr(factory.export_network(net), model_attr).save_pretrained(directory / model_attr)
@@ -128,15 +128,17 @@ def generate(student: ExportedStudent, prompts: list[str], steps: int, guidance_
     res = int(info["resolution"])
     kwargs: dict[str, Any] = dict(prompt=list(prompts), num_inference_steps=steps, guidance_scale=guidance_scale,
                                   generator=gens, height=res, width=res, output_type="pt")
-    if flow:
-        # FluxPipeline: guidance_scale is the embedded guidance value; CFG on the student is true_cfg_scale
-        kwargs["guidance_scale"] = float(info["embedded_guidance"])
+    if flow:  # FluxPipeline / StableDiffusion3Pipeline
         kwargs["max_sequence_length"] = int(info["max_sequence_length"])
-        if guidance_scale != 1.0:
-            kwargs.update(true_cfg_scale=guidance_scale, negative_prompt=[""] * len(prompts))
-        if eta is not None:  # FluxPipeline has no eta argument: it is a scheduler setting
+        if info.get("embedded_guidance") is not None:
+            # FluxPipeline: guidance_scale is the embedded guidance value; CFG on the student is true_cfg_scale
+            kwargs["guidance_scale"] = float(info["embedded_guidance"])
+            if guidance_scale != 1.0:
+                kwargs.update(true_cfg_scale=guidance_scale, negative_prompt=[""] * len(prompts))
+        # (StableDiffusion3Pipeline: guidance_scale is CFG itself, on the velocity, negative prompt "")
+        if eta is not None:  # the flow pipelines have no eta argument: it is a scheduler setting
             pipe.scheduler.register_to_config(eta=eta)
-        # FluxPipeline does not pass its generator to step(): seed the scheduler's re-noising stream
+        # the flow pipelines do not pass their generator to step(): seed the scheduler's re-noising stream
         pipe.scheduler.generator = torch.Generator(device=device).manual_seed(seed)
     elif eta is not None:
         kwargs["eta"] = eta

@@ -5,7 +5,9 @@ from tdd_lab.metrics.clip import CLIPScore
 from tdd_lab.metrics.digits import DigitsMetrics
 from tdd_lab.metrics.fid import CleanFID, TorchmetricsFID, TorchmetricsKID
 from tdd_lab.metrics.gmm import GMMMetrics
+from tdd_lab.metrics.paired import TeacherDistance
+from tdd_lab.metrics.preference import HPSv2, PickScore
 from tdd_lab.metrics.suite import MetricSuite
 
-__all__ = ["CLIPScore", "CleanFID", "DigitsMetrics", "GMMMetrics", "MetricSuite", "Metrics", "TorchmetricsFID",
-           "TorchmetricsKID"]
+__all__ = ["CLIPScore", "CleanFID", "DigitsMetrics", "GMMMetrics", "HPSv2", "MetricSuite", "Metrics", "PickScore",
+           "TeacherDistance", "TorchmetricsFID", "TorchmetricsKID"]

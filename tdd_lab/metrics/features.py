@@ -88,14 +88,35 @@ def inception_for_mode(mode: str, path: str | None) -> nn.Module:
     return CleanInception(path) if check_mode(mode) == "clean" else LegacyInception(path)
 
 
-def resizer(mode: str, size: int) -> Callable[[np.ndarray], np.ndarray]:
-    """clean-fid's resize of one (H, W, 3) image in [0, 255] to (size, size, 3) float32, per mode
+CROPS = ("none", "center")  # before the resize: none (clean-fid: the whole image, squashed) | center square
+
+
+def check_crop(crop: str) -> str:
+    if crop not in CROPS:
+        raise ValueError(f"crop must be one of {CROPS}, got {crop!r}")
+    return crop
+
+
+def center_crop(x: np.ndarray) -> np.ndarray:
+    """(H, W, C) -> the centred (S, S, C) square, S = min(H, W) (torchvision's CenterCrop rounding)."""
+    h, w = x.shape[:2]
+    s = min(h, w)
+    top, left = int(round((h - s) / 2.0)), int(round((w - s) / 2.0))
+    return x[top : top + s, left : left + s]
+
+
+def resizer(mode: str, size: int, crop: str = "none") -> Callable[[np.ndarray], np.ndarray]:
+    """The one image -> Inception-input function of FID (samples, reference folders and the reference CLI alike):
+    one (H, W, 3) image in [0, 255] -> optional ``crop`` -> clean-fid's resize per mode to (size, size, 3) float32
     (``cleanfid.resize.build_resizer`` at a configurable size)."""
     from cleanfid.resize import make_resizer
 
+    check_crop(crop)
     if check_mode(mode) == "clean":
-        return make_resizer("PIL", False, "bicubic", (size, size))
-    return make_resizer("PyTorch", False, "bilinear", (size, size))
+        resize = make_resizer("PIL", False, "bicubic", (size, size))
+    else:
+        resize = make_resizer("PyTorch", False, "bilinear", (size, size))
+    return resize if crop == "none" else lambda x: resize(np.ascontiguousarray(center_crop(np.asarray(x))))
 
 
 _decoded: dict = {}  # the last decoded sample set: the metrics of a suite share one VAE decode
@@ -126,16 +147,19 @@ def to_uint8_images(samples: torch.Tensor, teacher=None, batch_size: int = 16) -
 
 
 class ResizedFeatures(nn.Module):
-    """uint8 (B, 3, H, W) images -> clean-fid resize (per ``mode``) -> ``features`` -> (B, D) float64.
+    """uint8 (B, 3, H, W) images -> optional centre crop -> clean-fid resize (per ``mode``) -> ``features`` -> (B, D)
+    float64.
 
     The custom ``feature`` module torchmetrics' FID/KID take, and the extractor of the clean-fid metrics.
     """
 
-    def __init__(self, features: nn.Module, mode: str = "clean", image_size: int = 299, device: str = "cpu"):
+    def __init__(self, features: nn.Module, mode: str = "clean", image_size: int = 299, device: str = "cpu",
+                 crop: str = "none"):  # "none" | "center": crop to the centred square before the resize
         super().__init__()
         device = resolve_device(device)
         self.features, self.mode, self.image_size, self.device = features.eval(), check_mode(mode), image_size, device
-        self._resize = resizer(mode, image_size)
+        self.crop = check_crop(crop)
+        self._resize = resizer(mode, image_size, crop)
         self.features.to(device)
         n = getattr(features, "num_features", None)
         if n is None:
@@ -144,7 +168,8 @@ class ResizedFeatures(nn.Module):
         self.num_features = int(n)
 
     def resize(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) uint8 -> (B, 3, S, S) float32 in [0, 255], image by image as clean-fid does."""
+        """(B, 3, H, W) uint8 -> (B, 3, S, S) float32 in [0, 255], image by image as clean-fid does (and as
+        :func:`folder_features` does for a reference folder: the same function)."""
         arrays = [self._resize(img.permute(1, 2, 0).cpu().numpy()) for img in images]
         return torch.from_numpy(np.stack(arrays).astype(np.float32)).permute(0, 3, 1, 2)
 

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from tdd_lab.conditioner import map_condition
+from tdd_lab.nets.transformer import FlowTransformerDenoiser
 
 
 def pack_latents(x: torch.Tensor) -> torch.Tensor:
@@ -29,16 +28,17 @@ def latent_image_ids(h: int, w: int, device, dtype) -> torch.Tensor:
     return ids.reshape(-1, 3).to(device=device, dtype=dtype)
 
 
-class FluxDenoiser(nn.Module):
+class FluxDenoiser(FlowTransformerDenoiser):
     """``net(x (B, C, H, W), sigma * T (B,), cond, timestep_cond) -> velocity (B, C, H, W)``.
 
     ``cond``: ``{"encoder_hidden_states" (B, L, D) T5, "pooled_projections" (B, P) CLIP}``. The
     embedded guidance value (FLUX-dev) is fixed at construction: teacher and student see the same.
     """
 
+    family = "FLUX"
+
     def __init__(self, transformer, embedded_guidance: float | None = None, num_train_timesteps: int = 1000):
-        super().__init__()
-        self.transformer = transformer
+        super().__init__(transformer)
         self.embedded_guidance = embedded_guidance
         self.num_train_timesteps = num_train_timesteps
 
@@ -54,17 +54,15 @@ class FluxDenoiser(nn.Module):
         return unpack_latents(x, h, w)
 
     def forward(self, x, t, cond, timestep_cond=None):
-        if timestep_cond is not None:
-            raise ValueError("FLUX students take no w-embedding (use guidance=fixed or decoupled)")
+        x_in, cond = self.model_inputs(x, cond, timestep_cond)
         b, _, h, w = x.shape
-        dtype = self.transformer.dtype
-        cond = map_condition(lambda c: c.to(dtype), cond)
+        dtype = x_in.dtype
         guidance = None
         if self.embedded_guidance is not None:
             guidance = torch.full((b,), self.embedded_guidance, device=x.device, dtype=torch.float32)
         txt_len = cond["encoder_hidden_states"].shape[1]
         out = self.transformer(
-            hidden_states=pack_latents(x.to(dtype)),
+            hidden_states=pack_latents(x_in),
             timestep=(t.float() / self.num_train_timesteps).to(dtype),
             guidance=guidance,
             pooled_projections=cond["pooled_projections"],

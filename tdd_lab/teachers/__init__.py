@@ -2,7 +2,13 @@
 
 from tdd_lab.teachers.base import Teacher
 from tdd_lab.teachers.gmm import GaussianMixture, GMMTeacher, solve_pf_ode
-from tdd_lab.teachers.latent import FluxTeacher, StableDiffusionTeacher, StableDiffusionXLTeacher
+from tdd_lab.teachers.latent import (
+    FlowTeacher,
+    FluxTeacher,
+    SD3Teacher,
+    StableDiffusionTeacher,
+    StableDiffusionXLTeacher,
+)
 
-__all__ = ["FluxTeacher", "GMMTeacher", "GaussianMixture", "StableDiffusionTeacher", "StableDiffusionXLTeacher",
-           "Teacher", "solve_pf_ode"]
+__all__ = ["FlowTeacher", "FluxTeacher", "GMMTeacher", "GaussianMixture", "SD3Teacher", "StableDiffusionTeacher",
+           "StableDiffusionXLTeacher", "Teacher", "solve_pf_ode"]

@@ -1,4 +1,4 @@
-"""Real text-to-image teachers through diffusers: SD1.5, SDXL (VP, UNet) and FLUX (flow matching).
+"""Real text-to-image teachers through diffusers: SD1.5, SDXL (VP, UNet), FLUX and SD3 (flow matching).
 
 Each teacher loads the stock pipeline from a hub id or a local folder (``from_pretrained``; the
 same call for a real checkpoint and for the tiny random-weight pipelines of the tests), keeps its
@@ -11,12 +11,20 @@ network by default, so one UNet/transformer is in memory). Exports: :mod:`tdd_la
 from __future__ import annotations
 
 import logging
+from abc import abstractmethod
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from tdd_lab.conditioner import FluxConditioner, PipelineConditioner, SDConditioner, SDXLConditioner
+from tdd_lab.conditioner import (
+    FluxConditioner,
+    PipelineConditioner,
+    SD3Conditioner,
+    SDConditioner,
+    SDXLConditioner,
+    T5PipelineConditioner,
+)
 from tdd_lab.denoiser import Denoiser
 from tdd_lab.nets.unet import UNetDenoiser
 from tdd_lab.schedules import FlowMatchSchedule, VPSchedule, calculate_shift
@@ -52,11 +60,39 @@ def read_prompt_file(path: str | Path) -> list[str]:
 
 def check_pipeline_tokenizers(pipe, source: str) -> None:
     """Each tokenizer of ``pipe`` against its text encoder's embedding table (the silent-fallback guard)."""
-    for tok_name, enc_name in (("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2")):
+    for tok_name, enc_name in (("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2"),
+                               ("tokenizer_3", "text_encoder_3")):
         tok, enc = getattr(pipe, tok_name, None), getattr(pipe, enc_name, None)
         if tok is not None:
             vocab = getattr(getattr(enc, "config", None), "vocab_size", None)
             check_tokenizer(tok, f"{source}/{tok_name}", vocab)
+
+
+def check_pipeline_folder(folder: str | Path, key: str = "teacher.pretrained", given: tuple[str, ...] = ()) -> None:
+    """A local pipeline folder holds every component its ``model_index.json`` lists, each model with a weights file.
+
+    Raises ``FileNotFoundError`` naming the missing parts before anything loads (diffusers' own error for a missing
+    text encoder names a file in the pipeline's root folder). Components in ``given`` (passed to ``from_pretrained``
+    explicitly, e.g. a replacement VAE) are not read from the folder; hub ids and single-model folders pass unchecked.
+    """
+    import json
+
+    folder = Path(folder).expanduser()
+    index = folder / "model_index.json"
+    if not index.is_file():
+        return
+    missing = []
+    for name, spec in json.loads(index.read_text()).items():
+        if name.startswith("_") or not isinstance(spec, list) or spec[0] is None or name in given:
+            continue  # metadata, an optional component saved as None, or one passed explicitly
+        sub = folder / name
+        if not sub.is_dir() or not any(sub.iterdir()):
+            missing.append(f"{name}/")
+        elif (sub / "config.json").is_file() and not any(sub.glob("*.safetensors")) and not any(sub.glob("*.bin")):
+            missing.append(f"{name}/ weights (no .safetensors or .bin file)")
+    if missing:
+        raise FileNotFoundError(f"{key}: folder {str(folder)!r} is incomplete: missing {', '.join(missing)} "
+                                f"(listed in its model_index.json)")
 
 
 def load_pipeline(pipeline_class: str, pretrained: str, dtype: torch.dtype, revision: str | None = None,
@@ -66,6 +102,7 @@ def load_pipeline(pipeline_class: str, pretrained: str, dtype: torch.dtype, revi
     import diffusers
 
     check_pretrained(str(pretrained))
+    check_pipeline_folder(pretrained, given=tuple(components) + (("vae",) if vae_pretrained else ()))
     local_files_only = hub_offline() if local_files_only is None else local_files_only
     cls = getattr(diffusers, pipeline_class)
     kwargs: dict[str, Any] = dict(revision=revision, variant=variant, torch_dtype=dtype, local_files_only=local_files_only,
@@ -206,50 +243,57 @@ class StableDiffusionXLTeacher(DiffusersTeacher):
         self.conditioner = SDXLConditioner(self.pipe, self.eval_prompts, resolution, self.vae_dtype)
 
 
-class FluxTeacher(DiffusersTeacher):
-    """FLUX.1 (rectified flow, Euler teacher solver) with its embedded guidance value.
+class FlowTeacher(DiffusersTeacher):
+    """Rectified-flow transformer teachers (FLUX, SD3): velocity outputs, Euler teacher solver, T5 + CLIP prompts.
 
-    Latents are normalised with both ``scaling_factor`` and ``shift_factor``; the sigma schedule is
-    shifted exactly as ``FluxPipeline`` shifts it at sampling (``mu`` from the latent token count at
-    ``resolution``), and the same :class:`FlowMatchSchedule` is exported for sampling (the public
-    script trained on unshifted sigmas and ignored ``shift_factor``: TDD_SPEC 1).
+    Latents are normalised with both ``scaling_factor`` and ``shift_factor`` (:class:`PipelineConditioner`); the
+    sigma schedule is the checkpoint scheduler's (:meth:`flow_schedule`: its static ``shift``, or FLUX's dynamic
+    ``mu`` at ``resolution``), shifted exactly as the pipeline shifts it at sampling, and the same
+    :class:`FlowMatchSchedule` is exported for sampling (the public FLUX script trained on unshifted sigmas and
+    ignored ``shift_factor``: TDD_SPEC 1). Subclasses give the pipeline, the conditioner class and the network
+    adapter (:meth:`make_network`).
     """
 
-    pipeline_class = "FluxPipeline"
     model_attr = "transformer"
-    latent_multiple = 2
     export_formats = ("diffusers", "fused")  # the kohya/A1111 layout is a UNet format
+    conditioner_class: type[T5PipelineConditioner]
 
-    def __init__(self, pretrained: str, guidance_scale: float = 3.5, max_sequence_length: int = 512,
-                 resolution: int = 1024, **kwargs):
+    def __init__(self, pretrained: str, max_sequence_length: int = 512, resolution: int = 1024, **kwargs):
+        check_int("teacher.max_sequence_length", max_sequence_length, 1)
         super().__init__(pretrained, resolution=resolution, **kwargs)
-        from tdd_lab.nets.flux import FluxDenoiser
+        self.max_sequence_length = int(max_sequence_length)
+        schedule = self.flow_schedule(self.pipe.scheduler.config, self.sample_shape, self.patch_size)
+        self.denoiser = Denoiser(self.make_network(schedule), schedule, "flow", compute_dtype=torch.float32)
+        self.conditioner = self.conditioner_class(self.pipe, self.eval_prompts, resolution, self.vae_dtype,
+                                                  self.max_sequence_length)
 
-        self.guidance_scale, self.max_sequence_length = float(guidance_scale), int(max_sequence_length)
-        schedule = self.flow_schedule(self.pipe.scheduler.config, self.sample_shape)
-        embedded = self.guidance_scale if self.model.config.get("guidance_embeds", False) else None
-        self.denoiser = Denoiser(FluxDenoiser(self.model, embedded, schedule.num_train_timesteps), schedule, "flow",
-                                 compute_dtype=torch.float32)
-        self.conditioner = FluxConditioner(self.pipe, self.eval_prompts, resolution, self.vae_dtype,
-                                           self.max_sequence_length)
+    @property
+    def patch_size(self) -> int:
+        """Latent pixels per image token side (FLUX packs 2x2 latents; SD3's patch embedding has ``patch_size``)."""
+        return int(self.model.config.get("patch_size", 2))
+
+    @abstractmethod
+    def make_network(self, schedule: FlowMatchSchedule):
+        """The raw-network adapter over ``self.model``: ``net(x, sigma * T, cond) -> velocity``."""
 
     @staticmethod
-    def flow_schedule(config, sample_shape) -> FlowMatchSchedule:
-        """FLUX's shifted sigmas for latents of ``sample_shape`` (C, H, W): dynamic ``mu`` or static shift."""
+    def flow_schedule(config, sample_shape, patch_size: int = 2) -> FlowMatchSchedule:
+        """Shifted sigmas for latents of ``sample_shape`` (C, H, W): dynamic ``mu`` from the image token count
+        (FLUX; SD3 pipelines with ``use_dynamic_shifting``) or the static ``shift`` (SD3 / SD3.5: 3.0)."""
         get = config.get
         t = int(get("num_train_timesteps", 1000))
         if get("use_dynamic_shifting", False):
             rule = {k: get(k, d) for k, d in (("base_image_seq_len", 256), ("max_image_seq_len", 4096),
                                                ("base_shift", 0.5), ("max_shift", 1.15))}
-            seq_len = (sample_shape[1] // 2) * (sample_shape[2] // 2)
+            seq_len = (sample_shape[1] // patch_size) * (sample_shape[2] // patch_size)
             mu = calculate_shift(seq_len, rule["base_image_seq_len"], rule["max_image_seq_len"], rule["base_shift"],
                                  rule["max_shift"])
             return FlowMatchSchedule(t, mu=mu, dynamic_shift=rule)
         return FlowMatchSchedule(t, shift=float(get("shift", 1.0)))
 
     def describe(self) -> dict:
-        return {**super().describe(), "guidance_scale": self.guidance_scale, "mu": self.schedule.mu,
-                "shift": self.schedule.shift, "max_sequence_length": self.max_sequence_length}
+        return {**super().describe(), "mu": self.schedule.mu, "shift": self.schedule.shift,
+                "max_sequence_length": self.max_sequence_length}
 
     def reference_sampler(self, num_ddim_timesteps: int):
         """Deterministic Euler (the flow TDD sampler with eta = 0) as the many-step reference."""
@@ -257,14 +301,72 @@ class FluxTeacher(DiffusersTeacher):
 
         return FlowTDDSampler(eta=0.0, num_ddim_timesteps=num_ddim_timesteps)
 
-    def network_kwargs(self) -> dict:
-        return {"embedded_guidance": self.denoiser.net.embedded_guidance,
-                "num_train_timesteps": self.schedule.num_train_timesteps}
-
     def conditioner_kwargs(self) -> dict:
         return {"max_sequence_length": self.max_sequence_length}
 
     def pipeline_info(self) -> dict:
-        return {**super().pipeline_info(),
-                "embedded_guidance": self.guidance_scale,            # FluxPipeline's guidance_scale argument
-                "max_sequence_length": self.max_sequence_length}     # T5 padding length of training
+        return {**super().pipeline_info(), "max_sequence_length": self.max_sequence_length}  # T5 padding of training
+
+
+class FluxTeacher(FlowTeacher):
+    """FLUX.1 (rectified flow, Euler teacher solver) with its embedded guidance value.
+
+    The sigma schedule is shifted exactly as ``FluxPipeline`` shifts it at sampling (``mu`` from the latent
+    token count at ``resolution``). A checkpoint without a guidance embedding (``guidance_embeds`` false) is a
+    plain CFG flow model: ``guidance_scale`` is then unused and CFG comes from the guidance option.
+    """
+
+    pipeline_class = "FluxPipeline"
+    latent_multiple = 2
+    conditioner_class = FluxConditioner
+
+    def __init__(self, pretrained: str, guidance_scale: float = 3.5, max_sequence_length: int = 512,
+                 resolution: int = 1024, **kwargs):
+        self.guidance_scale = float(guidance_scale)
+        super().__init__(pretrained, max_sequence_length=max_sequence_length, resolution=resolution, **kwargs)
+
+    @property
+    def patch_size(self) -> int:
+        return 2  # FluxPipeline packs 2x2 latents per token (the transformer's own patch_size is 1)
+
+    def make_network(self, schedule):
+        from tdd_lab.nets.flux import FluxDenoiser
+
+        embedded = self.guidance_scale if self.model.config.get("guidance_embeds", False) else None
+        return FluxDenoiser(self.model, embedded, schedule.num_train_timesteps)
+
+    def describe(self) -> dict:
+        return {**super().describe(), "guidance_scale": self.guidance_scale}
+
+    def network_kwargs(self) -> dict:
+        return {"embedded_guidance": self.denoiser.net.embedded_guidance,
+                "num_train_timesteps": self.schedule.num_train_timesteps}
+
+    def pipeline_info(self) -> dict:
+        return {**super().pipeline_info(), "embedded_guidance": self.guidance_scale}  # FluxPipeline's guidance_scale
+
+
+class SD3Teacher(FlowTeacher):
+    """Stable Diffusion 3 / 3.5 (MMDiT) through ``StableDiffusion3Pipeline``: a plain CFG rectified-flow model.
+
+    Three text encoders (:class:`SD3Conditioner`: CLIP-L + CLIP-G hidden states padded to T5's width, then T5;
+    pooled CLIP-L + CLIP-G projections), the checkpoint's static shift (3.0 for SD3 / SD3.5), latents with
+    ``scaling_factor`` and ``shift_factor``, CFG on the velocity from the guidance option (``guidance_scale`` of the
+    pipeline = 1 + w; skip-layer guidance off, the pipeline's default). Resolution must be a multiple of the VAE
+    factor times the transformer's ``patch_size`` (16 for SD3).
+    """
+
+    pipeline_class = "StableDiffusion3Pipeline"
+    conditioner_class = SD3Conditioner
+
+    def __init__(self, pretrained: str, max_sequence_length: int = 256, resolution: int = 1024, **kwargs):
+        super().__init__(pretrained, max_sequence_length=max_sequence_length, resolution=resolution, **kwargs)
+
+    @property
+    def latent_multiple(self) -> int:  # latent sides are whole patches (StableDiffusion3Pipeline.check_inputs)
+        return self.patch_size
+
+    def make_network(self, schedule):
+        from tdd_lab.nets.sd3 import SD3Denoiser
+
+        return SD3Denoiser(self.model)

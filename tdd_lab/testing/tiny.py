@@ -1,8 +1,9 @@
 """Tiny random-weight diffusers pipelines built from configs (no downloads).
 
 They have the real architectures (UNet2DConditionModel with SDXL's text-time conditioning,
-AutoencoderKL, two CLIP text encoders, the real CLIP BPE tokenizer), saved with
-``save_pretrained`` so tests load them through the code path that loads real checkpoints.
+AutoencoderKL, two CLIP text encoders, the real CLIP BPE tokenizer; FLUX's and SD3's transformers with
+shift_factor VAEs and CLIP + T5 encoders), saved with ``save_pretrained`` so tests load them through the
+code path that loads real checkpoints.
 ``vocab_size`` gives the SDXL pipeline a small tokenizer (the first tokens of CLIP's BPE vocabulary)
 with text encoders of the same vocabulary: a valid pipeline, as a research tokenizer would make one.
 """
@@ -233,4 +234,56 @@ def save_tiny_flux(directory: str | Path, seed: int = 0) -> Path:
 
     directory = Path(directory)
     FluxPipeline(**tiny_flux_components(seed, directory / "_tokenizer_src")).save_pretrained(directory)
+    return directory
+
+
+def tiny_sd3_components(seed: int = 0, tokenizer_dir: str | Path | None = None, vocab_size: int = 1000,
+                        dual_attention_layers: tuple[int, ...] = (), qk_norm: str | None = None) -> dict:
+    """Components of a tiny SD3-architecture pipeline: MMDiT with 2x2 patches, a 16-channel shift_factor VAE,
+    CLIP-L and CLIP-G (both with projections) and T5, SD3's static-shift scheduler (shift 3.0).
+
+    The widths differ on purpose, so a wrong concatenation or padding fails loudly: CLIP-L hidden 16 and
+    CLIP-G hidden 32 (48 together, padded to T5's 64 = ``joint_attention_dim``), pooled 16 + 24 = 40
+    (``pooled_projection_dim``). ``dual_attention_layers=(0,)`` and ``qk_norm="rms_norm"`` give SD3.5-Medium's
+    block layout. ``vocab_size``: a small CLIP tokenizer (a prefix of CLIP's BPE vocabulary) and text encoders
+    with as many token embeddings.
+    """
+    import tempfile
+
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+    from transformers import CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    transformer = SD3Transformer2DModel(
+        sample_size=16, patch_size=2, in_channels=16, out_channels=16, num_layers=2, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=64, caption_projection_dim=32, pooled_projection_dim=40,
+        pos_embed_max_size=32, dual_attention_layers=tuple(dual_attention_layers), qk_norm=qk_norm,
+    )
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKL(
+        block_out_channels=[16, 32], in_channels=3, out_channels=3,
+        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"], latent_channels=16, sample_size=32,
+        norm_num_groups=8, use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5305,
+    )
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)  # SD3 / SD3.5's config
+    tok_dir = Path(tokenizer_dir) if tokenizer_dir is not None else Path(tempfile.mkdtemp(prefix="clip_tok_"))
+    tokenizer = small_clip_tokenizer(tok_dir, vocab_size)
+    t5_tok = tiny_t5_tokenizer()
+    torch.manual_seed(seed + 4)
+    t5 = T5EncoderModel(T5Config(vocab_size=len(t5_tok), d_model=64, d_ff=37, d_kv=8, num_layers=2, num_heads=4,
+                                 relative_attention_num_buckets=8, decoder_start_token_id=0)).eval()
+    return {"transformer": transformer.eval(), "vae": vae.eval(), "scheduler": scheduler,
+            "text_encoder": _text_encoder(CLIPTextModelWithProjection, seed + 2, 16, 16, vocab_size),
+            "tokenizer": tokenizer,
+            "text_encoder_2": _text_encoder(CLIPTextModelWithProjection, seed + 3, 32, 24, vocab_size),
+            "tokenizer_2": tokenizer, "text_encoder_3": t5, "tokenizer_3": t5_tok}
+
+
+def save_tiny_sd3(directory: str | Path, seed: int = 0, **kwargs) -> Path:
+    """Build the tiny SD3 pipeline (``kwargs``: :func:`tiny_sd3_components`) and ``save_pretrained`` it; return the path."""
+    from diffusers import StableDiffusion3Pipeline
+
+    directory = Path(directory)
+    StableDiffusion3Pipeline(**tiny_sd3_components(seed, directory / "_tokenizer_src", **kwargs)).save_pretrained(directory)
     return directory

@@ -21,6 +21,7 @@ from tdd_lab.metrics.classifier import load_digit_classifier
 from tdd_lab.metrics.features import ResizedFeatures, to_uint8_images
 from tdd_lab.metrics.latent import LatentODEMetrics
 from tdd_lab.metrics.mnist import MnistMetrics
+from tdd_lab.metrics.paired import TeacherDistance
 
 from .conftest import option_params
 
@@ -178,7 +179,17 @@ def check_mnist(metric: MnistMetrics, node, ctx):
     assert wrong["color_acc"] == 0.0 and wrong["class_acc"] == acc, wrong  # a wrong colour prompt, same digit
 
 
-CHECKS = {GMMMetrics: check_gmm, MnistMetrics: check_mnist, LatentODEMetrics: check_latent, DigitsMetrics: check_digits,
+def check_teacher_distance(metric: TeacherDistance, node, ctx):
+    teacher, real, labels, other = teacher_reference(metric, ctx)
+    same = metric.compute(other, labels, torch.zeros_like(other), teacher, GUIDER)[metric.name]
+    assert same == 0.0, same                                      # the reference itself, sample by sample
+    shifted = metric.compute(other + 0.25, labels, torch.zeros_like(other), teacher, GUIDER)[metric.name]
+    assert math.isclose(shifted, 0.25, rel_tol=1e-9), shifted     # a constant offset c: RMSE c for every sample
+    swapped = metric.compute(other.roll(1, 0), labels, torch.zeros_like(other), teacher, GUIDER)[metric.name]
+    assert swapped > 0.1, swapped                                 # paired: the same set in another order is far
+
+
+CHECKS = {TeacherDistance: check_teacher_distance, GMMMetrics: check_gmm, MnistMetrics: check_mnist, LatentODEMetrics: check_latent, DigitsMetrics: check_digits,
           CleanFID: check_clean_fid, TorchmetricsKID: check_kid}
 
 
