@@ -3,6 +3,7 @@
 
 | README floor                                           | command                                              |
 |--------------------------------------------------------|------------------------------------------------------|
+| digits: ``eval/fid_teacher@4 <= 0.5 x teacher/fid_teacher@4`` (not met: strict xfail) | ``make run``          |
 | digits: ``eval/fid@4 <= 0.5 x teacher/fid@4``          | ``make run`` (``python -m tdd_lab.train``)           |
 | digits: ``eval/fid@4 / teacher/fid@50 <= 1.25``        | ``make run``                                         |
 | gmm2d: ``eval/ode_error@4 <= 0.5 x teacher/ode_error@4`` | ``python -m tdd_lab.train +experiment=tdd_gmm2d``  |
@@ -51,15 +52,25 @@ def make_run(tmp_path_factory) -> dict[str, float]:
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="not met on seed 42, the default (README 'Quality floors': 1.704 vs 0.5 x "
+                   "2.198; seeds 1 and 2: 3.697 and 0.874, so it holds on 1 of 3 seeds)")
+def test_digits_student_fid_teacher_is_at_most_half_the_teachers_at_4_steps(make_run):
+    """The recipe's fidelity floor (issue 13): ``eval/fid_teacher@4 <= 0.5 x teacher/fid_teacher@4``, both against the
+    teacher's own 50-step samples from the same noise and prompts, in the digit classifier's features."""
+    student, teacher = make_run["eval/fid_teacher@4"], make_run["teacher/fid_teacher@4"]
+    assert student <= 0.5 * teacher, f"eval/fid_teacher@4 {student:.3f} > 0.5 x teacher/fid_teacher@4 {teacher:.3f}"
+
+
+@pytest.mark.slow
 def test_digits_student_fid_is_at_most_half_the_teachers_at_4_steps(make_run):
-    """README: 4.008 <= 0.5 x 8.734 = 4.367 (ratio 0.459; 0.501 on issue 11's differently pretrained teacher)."""
+    """README: real-data FID, 4.463 <= 0.5 x 9.345 = 4.673 on seed 42 (ratio 0.478)."""
     student, teacher = make_run["eval/fid@4"], make_run["teacher/fid@4"]
     assert student <= 0.5 * teacher, f"eval/fid@4 {student:.3f} > 0.5 x teacher/fid@4 {teacher:.3f}"
 
 
 @pytest.mark.slow
 def test_digits_student_4_step_fid_against_the_teachers_50_step_fid(make_run):
-    """README: eval/fid@4 / teacher/fid@50 = 4.008 / 8.006 = 0.50, goal <= 1.25."""
+    """README: eval/fid@4 / teacher/fid@50 = 4.463 / 8.006 = 0.56 on seed 42, goal <= 1.25."""
     ratio = make_run["eval/fid@4"] / make_run["teacher/fid@50"]
     assert ratio <= 1.25, f"eval/fid@4 / teacher/fid@50 = {ratio:.3f}"
 

@@ -174,7 +174,10 @@ def test_config_links_the_teacher_prompts_and_names_missing_files(tmp_path, cach
     from tdd_lab.validate import preflight
 
     monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: pytest.fail("download attempted"))
+    from tdd_lab.testing.tiny import save_tiny_sd15
+
     folder, prompts = coco
+    save_tiny_sd15(tmp_path / "sd15")  # a valid teacher folder: the checks under test come after the teacher's
     base = ["experiment=tdd_sd15", "debug=smoke", "metrics=coco", f"teacher.pretrained={tmp_path}/sd15"]
     cfg = compose_cfg(base, tmp_path, cache_dir)
     assert cfg.teacher.eval_prompt_file == cfg.metrics.prompt_file and cfg.metrics.prompt_file.endswith("coco30k.txt")
