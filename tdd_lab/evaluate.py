@@ -240,16 +240,20 @@ def append_metrics(run: Path, new: dict[str, float]) -> dict[str, float]:
     return metrics
 
 
-def append_csv(run: Path, rows: list[dict]) -> Path:
-    path = run / "evaluate.csv"
+def append_rows(path: Path, rows, columns: list[str]) -> Path:
+    """Append ``rows`` (dicts) to the CSV at ``path`` under its lock, writing the header when the file is new."""
     with locked(path):
         new = not path.exists()
         with open(path, "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+            writer = csv.DictWriter(f, fieldnames=columns)
             if new:
                 writer.writeheader()
             writer.writerows(rows)
     return path
+
+
+def append_csv(run: Path, rows: list[dict]) -> Path:
+    return append_rows(run / "evaluate.csv", rows, CSV_COLUMNS)
 
 
 def wandb_target(cfg: DictConfig, run: Path) -> tuple[str, str, str] | None:

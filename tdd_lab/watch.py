@@ -20,7 +20,6 @@ module are built once; each checkpoint only loads its state dict.
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import time
@@ -178,21 +177,14 @@ class WatchLog:
                           config={"run_dir": str(self.run)}, tags=["watch"], reinit="finish_previous")
 
     def record(self, step: int, checkpoint: Path, results: dict[str, float]) -> None:
-        from tdd_lab.evaluate import locked
+        from tdd_lab.evaluate import append_rows
 
         self.state["evaluated"][str(step)] = results
         self.state["checkpoints"][str(step)] = checkpoint.name
         atomic_write_json(self.path, self.state)  # first: a restart must not evaluate this step again
-        csv_path = self.run / CSV_FILE
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
-        with locked(csv_path):
-            new = not csv_path.exists()
-            with open(csv_path, "a", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
-                if new:
-                    writer.writeheader()
-                writer.writerows({"time": stamp, "step": step, "checkpoint": checkpoint.name, "key": k, "value": v}
-                                 for k, v in results.items())
+        append_rows(self.run / CSV_FILE, [{"time": stamp, "step": step, "checkpoint": checkpoint.name, "key": k,
+                                           "value": v} for k, v in results.items()], CSV_COLUMNS)
         if self.wandb is not None:
             self.wandb.log(results, step=step, commit=True)  # written now, not when a later step arrives
 
