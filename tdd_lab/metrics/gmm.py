@@ -20,12 +20,16 @@ def sliced_wasserstein(x: torch.Tensor, y: torch.Tensor, num_projections: int = 
 
 class GMMMetrics(Metrics):
     """``ode_error``: mean ||x - x_ode|| to the exact guided PF-ODE endpoint from the same noise (eta = 0 for
-    both student and teacher); ``swd``: sliced Wasserstein distance to exact samples of the guided ODE."""
+    both student and teacher); ``swd``: sliced Wasserstein distance to exact samples of the guided ODE.
 
-    deterministic = True
+    ``deterministic=False`` keeps the sampler's eta (stochastic samplers evaluated as designed): ``swd`` is then the
+    fidelity measure (a distribution distance, valid for any sampler), while ``ode_error`` includes the re-noising
+    draws and is no longer a per-sample distance to the ODE solution."""
 
-    def __init__(self, ode_steps: int = 1000):  # RK4 steps of the exact reference solve
+    def __init__(self, ode_steps: int = 1000,  # RK4 steps of the exact reference solve
+                 deterministic: bool = True):  # False: evaluate stochastic samplers at their own eta
         self.ode_steps = ode_steps
+        self.deterministic = bool(deterministic)
         self._ref_key = None
         self._ref = None
 
