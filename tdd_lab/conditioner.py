@@ -99,6 +99,12 @@ class Conditioner(nn.Module):
         """
         return expand_condition(self.null_condition(first_leaf(cond).device), condition_batch_size(cond))
 
+    def empty_prompt_like(self, cond: Condition) -> Condition:
+        """The text encoders' encoding of the empty prompt "" for the samples of ``cond`` (B, ...), which is not the
+        null condition where the checkpoint forces zeros (SDXL); used by ablation switches only. Label
+        conditioners have no empty prompt."""
+        raise ValueError(f"{type(self).__name__} conditions on class labels: it has no encoded empty prompt")
+
     def conditions(self, labels: torch.Tensor) -> Condition:
         """Conditions of evaluation labels (B,); label -1 is the null condition."""
         items = [self.label_prompts[int(i)] if int(i) >= 0 else "" for i in labels.tolist()]
@@ -216,6 +222,7 @@ class PipelineConditioner(Conditioner):
         self.label_prompts, self.resolution = tuple(label_prompts), int(resolution)
         self._memo: dict[str, Condition] = {}
         self._null: Condition | None = None
+        self._empty: Condition | None = None
         self.register_buffer("_anchor", torch.zeros(()), persistent=False)  # follows the module's device
 
     @property
@@ -270,6 +277,11 @@ class PipelineConditioner(Conditioner):
     def make_null(self) -> Condition:
         return self.encode_text([""])
 
+    def empty_prompt_like(self, cond):
+        if self._empty is None:
+            self._empty = self.encode_text([""])
+        return expand_condition(condition_to(self._empty, first_leaf(cond).device), condition_batch_size(cond))
+
     def prepare_batch(self, batch):
         """``{"pixel_values", "prompt", ...}`` or a cached ``{"latents", "cond"}`` batch -> (latents, condition)."""
         if "latents" in batch:
@@ -278,7 +290,7 @@ class PipelineConditioner(Conditioner):
 
     def _apply(self, fn, *args, **kwargs):
         super()._apply(fn, *args, **kwargs)
-        self._memo, self._null = {}, None  # re-encoded on the new device when next asked
+        self._memo, self._null, self._empty = {}, None, None  # re-encoded on the new device when next asked
         return self
 
     def describe(self):
@@ -332,10 +344,17 @@ class SDXLConditioner(PipelineConditioner):
         return null
 
     def null_like(self, cond):
+        return self._keep_time_ids(self.null_condition(cond["encoder_hidden_states"].device), cond)
+
+    def empty_prompt_like(self, cond):
+        return self._keep_time_ids(super().empty_prompt_like(cond), cond)
+
+    @staticmethod
+    def _keep_time_ids(text: Condition, cond: Condition) -> Condition:
+        """``text``'s embeddings broadcast to the samples of ``cond``, with ``cond``'s own ``time_ids``."""
         b = condition_batch_size(cond)
-        null = self.null_condition(cond["encoder_hidden_states"].device)
-        return {"encoder_hidden_states": null["encoder_hidden_states"].expand(b, -1, -1),
-                "added_cond_kwargs": {"text_embeds": null["added_cond_kwargs"]["text_embeds"].expand(b, -1),
+        return {"encoder_hidden_states": text["encoder_hidden_states"].expand(b, -1, -1),
+                "added_cond_kwargs": {"text_embeds": text["added_cond_kwargs"]["text_embeds"].expand(b, -1),
                                       "time_ids": cond["added_cond_kwargs"]["time_ids"]}}
 
 

@@ -69,7 +69,7 @@ class DistillationModule(pl.LightningModule):
         # the frozen teacher is deliberately not a submodule: no state-dict entries, no train() switching
         object.__setattr__(self, "teacher", teacher)
         self.solver, self.strategy = solver, strategy
-        self.guidance, self.loss_fn = guidance, loss
+        self.guidance, self.loss_fn = guidance.bind(teacher), loss
         self.student_factory = student
         # a w-embedding input changes the network's architecture, so it cannot share the teacher's weights
         init = teacher.student_network(share_weights=student.shares_base and not guidance.embedding_dim)

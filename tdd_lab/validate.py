@@ -291,6 +291,13 @@ def preflight(cfg: DictConfig) -> Components:
     if cfg.teacher.get("pretrained"):
         check_pretrained(str(cfg.teacher.pretrained))
     teacher_cls = get_class(cfg.teacher._target_)
+    if getattr(parts.guidance, "dropped_caption", "null") == "empty_prompt":
+        from tdd_lab.teachers.latent import DiffusersTeacher
+
+        if not issubclass(teacher_cls, DiffusersTeacher):
+            raise ConfigError(f"guidance.dropped_caption=empty_prompt: {teacher_cls.__name__} is conditioned on class "
+                              "labels; the ablation (the public SDXL script's encoded-\"\" dropped captions) needs a "
+                              "text-conditioned diffusers teacher")
     for fmt in ("kohya", "fused"):
         if cfg.get(f"export_{fmt}") and fmt not in teacher_cls.export_formats:
             raise ConfigError(f"export_{fmt}: {teacher_cls.__name__} students are exported as "

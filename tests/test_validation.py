@@ -46,6 +46,9 @@ CASES = [
     (["solver.num_ddim_timesteps=5"], r"strategy.num_inference_steps_max=8 exceeds solver.num_ddim_timesteps=5"),
     (["guidance.proportion_empty_prompts=1.5"], r"proportion_empty_prompts must be in \[0, 1\]"),
     (["guidance.proportion_empty_prompts=-0.5"], r"proportion_empty_prompts must be in \[0, 1\]"),
+    (["guidance.dropped_caption=zeros"], "guidance.dropped_caption must be one of"),
+    (["guidance.dropped_caption=empty_prompt"], "guidance.dropped_caption=empty_prompt: DigitsTeacher is conditioned on "
+                                               "class labels"),
     (["guidance=lcm_w", "guidance.w_min=9"], "guidance.w_min must be <= guidance.w_max"),
     (["guidance=lcm_w", "guidance.eval_w=20"], r"guidance.eval_w must be in \[2, 8\]"),
     (["sampler=lcm", "sampler.timestep_scaling=0"], r"sampler.timestep_scaling must be in \(0"),

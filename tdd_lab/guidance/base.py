@@ -40,6 +40,11 @@ class Guidance(ABC):
     def teacher_w(self) -> float:
         """The teacher's guidance strength w of the trajectory the student is evaluated against."""
 
+    def bind(self, teacher) -> Guidance:
+        """Called once by the training module with its teacher; the guidance modes that need the teacher's
+        conditioner keep it here. Returns self."""
+        return self
+
     @abstractmethod
     def prepare(self, cond: Condition, null: Condition, generator: torch.Generator | None = None) -> GuidedBatch:
         """Build the :class:`GuidedBatch` for conditions ``cond`` (B, ...) and the null condition (B, ...)."""

@@ -37,6 +37,33 @@ def test_sdxl_null_condition_is_one_thing_and_keeps_micro_conditioning(assets, t
     assert torch.equal(enc["added_cond_kwargs"]["time_ids"], time_ids)
 
 
+def test_sdxl_public_dropped_caption_ablation_is_guided_where_the_consistent_one_is_not(assets, tmp_path, cache_dir):
+    """guidance.dropped_caption=empty_prompt (the public SDXL script's defect, an ablation switch): dropped captions
+    become the encoded "" while the teacher's uncond branch stays all zeros, so a dropped sample's teacher step is
+    guided (x0_c != x0_u); the default makes it exactly unguided."""
+    module, _ = build_module("sdxl", assets, cache_dir, tmp_path, "teacher.dtype=fp32",
+                             "guidance.dropped_caption=empty_prompt", "guidance.proportion_empty_prompts=1.0")
+    teacher, conditioner = module.teacher, module.teacher.conditioner
+    batch = {"prompt": ["a red square", "a blue square"], "pixel_values": torch.zeros(2, 3, 32, 32)}
+    x0, cond = conditioner.prepare_batch(batch)
+    null = conditioner.null_like(cond)
+    ablated = module.guidance.prepare(cond, null)
+    emb, _, pooled, _ = teacher.pipe.encode_prompt([""], device="cpu", do_classifier_free_guidance=False)
+    assert torch.equal(ablated.cond["encoder_hidden_states"], emb.expand(2, -1, -1))
+    assert torch.equal(ablated.cond["added_cond_kwargs"]["text_embeds"], pooled.expand(2, -1))
+    assert torch.equal(ablated.cond["added_cond_kwargs"]["time_ids"], cond["added_cond_kwargs"]["time_ids"])
+    assert ablated.uncond["encoder_hidden_states"].abs().max() == 0 and emb.abs().max() > 0
+    from tdd_lab.guidance import DecoupledGuidance
+
+    consistent = DecoupledGuidance(w=3.5, proportion_empty_prompts=1.0).bind(teacher).prepare(cond, null)
+    t = torch.full((2,), 499)
+    x_t = teacher.schedule.add_noise(x0, torch.randn_like(x0), t)
+    for g, guided in ((consistent, False), (ablated, True)):
+        x0_c, _ = teacher.denoiser(x_t, t, g.cond)
+        x0_u, _ = teacher.denoiser(x_t, t, g.uncond)
+        assert (not torch.allclose(x0_c, x0_u)) == guided
+
+
 def test_flux_latents_and_sigma_shift_match_the_pipeline(assets, tmp_path, cache_dir):
     import diffusers
     from diffusers.pipelines.flux.pipeline_flux import calculate_shift
