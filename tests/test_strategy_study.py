@@ -90,3 +90,12 @@ def test_composed_scale():
     assert extra_mod.composed_w(1.0, 3.5) == 3.5
     assert extra_mod.composed_w(0.5, 3.5) == pytest.approx(1.25)
     assert extra_mod.composed_w(2.0, 3.5) == pytest.approx(8.0)
+
+
+def test_lr_sweep_extends_beyond_edge_winners_only():
+    next_lr = run_mod.next_lr
+    assert next_lr(3e-5, [3e-5, 1e-4, 3e-4]) == 1e-5      # lowest lr won: one rung lower
+    assert next_lr(3e-4, [3e-5, 1e-4, 3e-4]) == 1e-3      # highest won: one rung higher
+    assert next_lr(1e-4, [3e-5, 1e-4, 3e-4]) is None      # interior winner: done
+    assert next_lr(3e-5, [1e-5, 3e-5, 1e-4, 3e-4]) is None
+    assert next_lr(3e-6, [3e-6, 1e-5, 3e-5]) is None      # the ladder's end

@@ -83,10 +83,14 @@ class Teacher:
     base: tuple[str, ...]          # overrides every run of this teacher gets
     steps: tuple[int, ...]         # step counts of the evaluation
     primary: str                   # fidelity metric (lower is better) the lr is chosen on and the tables lead with
-    lrs: tuple[float, ...]         # the lr sweep, the same for every arm
+    lrs: tuple[float, ...]         # the lr sweep, the same for every arm (then extended, see run.py)
     default_lr: float              # the recipe's lr (used where the sweep was not run)
     arms: tuple[str, ...]
     main_extra: tuple[str, ...] = ()  # overrides of the test-seed runs only (not of the lr sweep)
+    # the order the test-seed runs are made in: group by group, each group seed-major (a study stopped by its
+    # budget then has whole seeds of whole groups); default: one group of all arms
+    groups: tuple[tuple[str, ...], ...] = ()
+    guidance_arms: tuple[str, ...] = ()  # (decoupled arm, fixed arm) of the composed-scale guidance test
 
 
 TEACHERS: dict[str, Teacher] = {t.name: t for t in [
@@ -98,12 +102,17 @@ TEACHERS: dict[str, Teacher] = {t.name: t for t in [
             steps=(2, 4, 6, 8), primary="swd", lrs=(3e-5, 1e-4, 3e-4), default_lr=1e-4,
             arms=("lcm", "pcm2", "pcm4", "pcm8", "tcd", "tdd", "tdd_s0", "tdd_fixed", "tdd_k2"),
             # smoother learning curves: 1,000 validation samples (the lr sweep's 200 are 0.5 s per point; these ~2 s)
-            main_extra=("validation.num_samples=1000",)),
+            main_extra=("validation.num_samples=1000",), guidance_arms=("tdd", "tdd_fixed")),
     Teacher("digits", ("+experiment=tdd_digits", "logger=csv", "callbacks=none", "cpu_threads=1",
                        "trainer.max_steps=1000", "validation.every_n_steps=100", "metrics.steps=[2,4,6,8]"),
             steps=(2, 4, 6, 8), primary="fid_teacher", lrs=(3e-5, 1e-4, 3e-4), default_lr=1e-4,
-            arms=("lcm", "pcm4", "tcd", "tdd", "tdd_s0")),
+            arms=("lcm", "pcm4", "tcd", "tdd", "tdd_s0"),
+            # TDD against the old study's digits "winner" (LCM) first, then the other baselines
+            groups=(("tdd", "lcm"), ("tcd", "pcm4"), ("tdd_s0",))),
 ]}
 
+# where the first sweep's winner is at an edge of ``lrs``, the sweep continues one rung further along this ladder
+# (the same rule for every arm), until the winner is interior or the ladder ends
+LR_LADDER = (3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3)
 VALIDATION_SEED = 100          # the lr is chosen on this training seed (never one of the test seeds)
 TEST_SEEDS = (0, 1, 2, 3, 4)

@@ -12,6 +12,8 @@ For every finished main-phase run (RUNS/TEACHER/main/<arm>/*/metrics.json) it ad
   (diffusers' convention 1 + w for the teacher's w; decoupled guidance makes the student's conditional and
   unconditional branches the teacher's guided and unguided ones, so CFG g on the student composes to g (1 + w)
   on the teacher). g < 1 is included. At g = 1 the entry must equal the run's own metrics.json (checked).
+  ``guidance_control/g<g>``: the control, the student left at CFG 1 against the same teacher at w'. Post-tuning
+  works where the student at g is closer to the teacher at w' than the student at 1 is.
 
 Every entry holds ``eval/<metric>@K`` values under the same names as metrics.json.
 """
@@ -33,7 +35,7 @@ from omegaconf import OmegaConf
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE))
-from arms import ARMS  # noqa: E402
+from arms import ARMS, TEACHERS  # noqa: E402
 from run import RUNS  # noqa: E402
 
 from tdd_lab.evaluation import Evaluator  # noqa: E402
@@ -105,6 +107,16 @@ def evaluate_run(run: Path, arm_name: str, scales: list[float], guidance_arms: s
             done[key] = entry
             save(out, done)
             print(f"{run} {key} (teacher w' = {ref.w:g}): {metrics}", flush=True)
+        for g in scales:  # the control: the student left at g = 1, against the same composed-scale teachers
+            key = f"guidance_control/g{g:g}"
+            if key in done or g == 1.0:
+                continue
+            ref = copy.copy(guidance)
+            ref.w = composed_w(g, w)
+            evaluator.guidance_scale = 1.0
+            metrics, _ = evaluator.evaluate_student(student, teacher, ref, sampler, "cpu")
+            done[key] = {**metrics, "g": g, "teacher_w": ref.w}
+            save(out, done)
 
 
 def main(argv=None) -> int:
@@ -112,15 +124,16 @@ def main(argv=None) -> int:
     p.add_argument("teacher")
     p.add_argument("--arms", nargs="+", default=None)
     p.add_argument("--scales", nargs="+", type=float, default=[0.5, 0.75, 1.0, 1.25, 1.5, 2.0])
-    p.add_argument("--guidance-arms", nargs="+", default=["tdd", "tdd_fixed"])
+    p.add_argument("--guidance-arms", nargs="*", default=None, help="default: the teacher's guidance_arms")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
+    guidance_arms = set(TEACHERS[args.teacher].guidance_arms if args.guidance_arms is None else args.guidance_arms)
     for arm_dir in sorted(glob.glob(str(RUNS / args.teacher / "main" / "*"))):
         arm = Path(arm_dir).name
         if args.arms and arm not in args.arms:
             continue
         for run in sorted(Path(arm_dir).glob("*/metrics.json")):
-            evaluate_run(run.parent, arm, args.scales, set(args.guidance_arms))
+            evaluate_run(run.parent, arm, args.scales, guidance_arms)
     return 0
 
 

@@ -3,8 +3,8 @@
     python experiments/strategy_study/run.py TEACHER lr   [--arms a b ...] [--workers 2]
     python experiments/strategy_study/run.py TEACHER main [--arms a b ...] [--seeds 0 1 2 3 4] [--workers 2]
 
-``lr``: every arm at every lr of the teacher's sweep on the validation seed (arms.VALIDATION_SEED); then the
-winner per arm (lowest mean of the primary fidelity metric over the arm's step counts, on the *validation
+``lr``: every arm at every lr of the teacher's sweep on the validation seed (arms.VALIDATION_SEED), extended one
+rung of arms.LR_LADDER at a time beyond an edge winner until the winner is interior; then the winner per arm (lowest mean of the primary fidelity metric over the arm's step counts, on the *validation
 curve's* last four points, i.e. noise seed 10000, not the test noise) is written to RUNS/TEACHER/lr_choice.json.
 ``main``: every arm at its chosen lr (the recipe's lr where the sweep has no winner) on the test seeds.
 Run dirs: RUNS/TEACHER/<phase>/<arm>/lr<lr>_seed<seed> (RUNS = $STUDY_RUNS or experiments/strategy_study/runs,
@@ -27,7 +27,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE))
-from arms import ARMS, TEACHERS, TEST_SEEDS, VALIDATION_SEED  # noqa: E402
+from arms import ARMS, LR_LADDER, TEACHERS, TEST_SEEDS, VALIDATION_SEED  # noqa: E402
 
 RUNS = Path(os.environ.get("STUDY_RUNS", HERE / "runs"))
 
@@ -78,17 +78,27 @@ def choose_lr(teacher: str, arms: list[str]) -> dict:
             continue
         steps = a.steps or [k for k in t.steps if k >= 4]  # the step counts the methods are designed for
         scores = {}
-        for lr in t.lrs:
+        for lr in LR_LADDER:
             d = run_dir(teacher, "lr", arm, lr, VALIDATION_SEED)
             if (d / "metrics.json").exists():
                 scores[f"{lr:g}"] = tail_mean(d, t.primary, steps)
-        if len(scores) == len(t.lrs):
+        if all(f"{lr:g}" in scores for lr in t.lrs):
             best = min(scores, key=scores.get)
-            choice[arm] = {"lr": float(best), "scores": scores, "metric": f"val/{t.primary}", "steps": list(steps)}
+            choice[arm] = {"lr": float(best), "scores": scores, "metric": f"val/{t.primary}", "steps": list(steps),
+                           "next": next_lr(float(best), [float(x) for x in scores])}
     tmp = choice_file.with_suffix(".tmp")
     tmp.write_text(json.dumps(choice, indent=1))
     tmp.replace(choice_file)
     return choice
+
+
+def next_lr(best: float, tried: list[float]) -> float | None:
+    """The ladder's next rung beyond an edge winner (None: the winner is interior or at the ladder's end)."""
+    i = min(range(len(LR_LADDER)), key=lambda j: abs(LR_LADDER[j] - best))
+    for j in (i - 1, i + 1):
+        if 0 <= j < len(LR_LADDER) and not any(abs(LR_LADDER[j] - x) < 1e-12 for x in tried):
+            return LR_LADDER[j]
+    return None
 
 
 def lr_of(teacher: str, arm: str, choice: dict) -> float:
@@ -111,14 +121,33 @@ def main(argv=None) -> int:
     if unknown:
         p.error(f"unknown arms {unknown}; known: {sorted(ARMS)}")
     if args.phase == "lr":
-        jobs = [(t.name, "lr", a, lr, VALIDATION_SEED) for a in arms if not ARMS[a].lr_from for lr in t.lrs]
+        swept = [a for a in arms if not ARMS[a].lr_from]
+        jobs = [(t.name, "lr", a, lr, VALIDATION_SEED) for a in swept for lr in t.lrs]
+        with ThreadPoolExecutor(args.workers) as pool:
+            results = list(pool.map(train, jobs))
+        attempted = set(jobs)
+        while True:  # extend beyond edge winners, one rung at a time
+            choice = choose_lr(t.name, swept)
+            more = [(t.name, "lr", a, choice[a]["next"], VALIDATION_SEED) for a in swept
+                    if a in choice and choice[a]["next"] is not None]
+            more = [j for j in more if j not in attempted]  # a failed run is not retried here
+            attempted.update(more)
+            if not more:
+                break
+            print(f"extending the sweep: {[(j[2], j[3]) for j in more]}", flush=True)
+            with ThreadPoolExecutor(args.workers) as pool:
+                results += list(pool.map(train, more))
+        jobs = []
     else:
         choice = choose_lr(t.name, arms)
-        # seed-major order: a stopped study has whole seeds of every arm (paired comparisons need them)
-        jobs = [(t.name, "main", a, lr_of(t.name, a, choice), s) for s in args.seeds for a in arms]
-    print(f"{len(jobs)} runs, {args.workers} at a time", flush=True)
-    with ThreadPoolExecutor(args.workers) as pool:
-        results = list(pool.map(train, jobs))
+        # seed-major order within each group: a stopped study has whole seeds of whole groups (pairs need them)
+        groups = [[a for a in g if a in arms] for g in t.groups] or [arms]
+        groups.append([a for a in arms if not any(a in g for g in groups)])
+        jobs = [(t.name, "main", a, lr_of(t.name, a, choice), s) for g in groups for s in args.seeds for a in g]
+    if jobs:
+        print(f"{len(jobs)} runs, {args.workers} at a time", flush=True)
+        with ThreadPoolExecutor(args.workers) as pool:
+            results = list(pool.map(train, jobs))
     failed = [str(d) for d, rc, _ in results if rc != 0]
     if args.phase == "lr":
         print(json.dumps(choose_lr(t.name, arms), indent=1))
