@@ -86,6 +86,7 @@ def choose_lr(teacher: str, arms: list[str]) -> dict:
             best = min(scores, key=scores.get)
             choice[arm] = {"lr": float(best), "scores": scores, "metric": f"val/{t.primary}", "steps": list(steps),
                            "next": next_lr(float(best), [float(x) for x in scores])}
+    choice_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = choice_file.with_suffix(".tmp")
     tmp.write_text(json.dumps(choice, indent=1))
     tmp.replace(choice_file)

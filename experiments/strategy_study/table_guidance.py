@@ -89,7 +89,8 @@ def main(argv=None) -> int:
         print(f"{t.name}: no guidance arms (the composed-scale test was not run on this teacher)")
         return 0
     values = load(t.name, args.arms)
-    metrics = [t.primary]  # the run's own (stochastic) sampler: ode_error would include the re-noising draws
+    # sampled at eta 0: gmm2d's ode_error is the per-sample distance to the composed-scale teacher's ODE solution
+    metrics = ["ode_error", t.primary] if t.name == "gmm2d" else [t.primary]
     steps = [k for k in t.steps if k >= 4]
     parts = [f"## {t.name}: guidance post-tuning against the composed-scale teacher\n"]
     for metric in metrics:
