@@ -46,7 +46,7 @@ def runs_of(teacher: str, arm: str, phase: str = "main") -> list[tuple[int, floa
 def _is_det(arm: str, overrides: dict | None) -> bool:
     if overrides is not None:
         return float(overrides.get("eta", 1.0)) == 0.0
-    return any(o in ("sampler.eta=0.0",) for o in ARMS[arm].overrides)
+    return "sampler.eta=0.0" in ARMS[arm].overrides
 
 
 def load_rows(teacher: str, pcm_merged: bool = True) -> dict[str, Row]:

@@ -40,11 +40,8 @@ class DecoupledGuidance(Guidance):
         self._conditioner = None  # the teacher's conditioner (dropped_caption=empty_prompt), from bind()
 
     def bind(self, teacher):
-        if self.dropped_caption == "empty_prompt":
-            if not hasattr(teacher.conditioner, "encode_text"):
-                raise ValueError(f"guidance.dropped_caption=empty_prompt: {type(teacher).__name__} is conditioned on "
-                                 "class labels, not text; the ablation needs a text-conditioned diffusers teacher")
-            self._conditioner = teacher.conditioner
+        # label teachers are rejected by preflight; Conditioner.empty_prompt_like raises for them otherwise
+        self._conditioner = teacher.conditioner
         return self
 
     @property
