@@ -28,6 +28,8 @@ EXPECTED = {  # arm -> (strategy class, guidance class, sampler class, sampler e
     "tdd_s0": ("TDDStrategy", "DecoupledGuidance", "TDDSampler", 0.0),
     "tdd_fixed": ("TDDStrategy", "FixedGuidance", "TDDSampler", 0.2),
     "tdd_k2": ("TDDStrategy", "DecoupledGuidance", "TDDSampler", 0.2),
+    "tdd_empty": ("TDDStrategy", "DecoupledGuidance", "TDDSampler", 0.2),
+    "tdd_adv": ("TDDStrategy", "DecoupledGuidance", "TDDSampler", 0.2),
 }
 
 
@@ -36,7 +38,7 @@ def test_every_arm_composes_and_builds_as_designed(teacher, tmp_path, cache_dir)
     from tdd_lab.validate import instantiate
 
     t = arms_mod.TEACHERS[teacher]
-    for arm in t.arms:
+    for arm in t.all_arms:
         ov = run_mod.overrides(teacher, arm, 3e-5, 7, tmp_path / arm)
         ov = [o.lstrip("+") for o in ov if not o.startswith("hydra.")]  # the compose API takes experiment=...
         cfg = compose_cfg(ov, tmp_path / arm, cache_dir)
@@ -53,6 +55,12 @@ def test_every_arm_composes_and_builds_as_designed(teacher, tmp_path, cache_dir)
             assert strategy.s_ratio == 0.0
         if arm == "tdd_k2":
             assert strategy.num_inference_steps_min == 2 and strategy.window == 500
+        # the public SDXL defect is a switch of the tdd arm, nothing else
+        assert getattr(guidance, "dropped_caption", "null") == ("empty_prompt" if arm == "tdd_empty" else "null"), arm
+        # the adversarial term only in the TDD-adv arm, at the public settings
+        assert cfg.adversarial._target_.endswith("PCMDiscriminator" if arm == "tdd_adv" else "NoAdversarial"), arm
+        if arm == "tdd_adv":
+            assert cfg.adversarial.schedule == "alternate" and cfg.adversarial.lr == 1e-5
         if teacher == "gmm2d":  # stochastic samplers are evaluated at their own eta
             assert cfg.metrics.metrics.deterministic is False
 

@@ -74,6 +74,16 @@ ARMS: dict[str, Arm] = {a.name: a for a in [
                                                "strategy.window=500", "strategy.s_ratio=0.3", "guidance=decoupled",
                                                "sampler=tdd", "sampler.eta=0.2"), "eta 0.2", extras=TDD_EXTRAS[:1],
         lr_from="tdd"),
+    # the public SDXL script's defect as an ablation switch (TDD_SPEC 4): dropped captions (decoupled guidance's
+    # 20%) get the encoded "" while the teacher's unconditional branch is all zeros; otherwise the tdd arm
+    Arm("tdd_empty", 'TDD, dropped captions = encoded "" (public SDXL)',
+        ("strategy=tdd", "strategy.s_ratio=0.3", "guidance=decoupled", "guidance.dropped_caption=empty_prompt",
+         "sampler=tdd", "sampler.eta=0.2"), "eta 0.2", extras=TDD_EXTRAS[:1], lr_from="tdd"),
+    # TDD-adv (issue 14): the tdd arm plus PCM's discriminator at the public settings (alternate D / student
+    # batches, heads' lr 1e-5, adv_weight 0.1); paired with the tdd arm's runs of the same seeds
+    Arm("tdd_adv", "TDD-adv (PCM discriminator, public settings)",
+        ("strategy=tdd", "strategy.s_ratio=0.3", "guidance=decoupled", "adversarial=pcm", "sampler=tdd",
+         "sampler.eta=0.2"), "eta 0.2", lr_from="tdd"),
 ]}
 
 
@@ -91,6 +101,12 @@ class Teacher:
     # budget then has whole seeds of whole groups); default: one group of all arms
     groups: tuple[tuple[str, ...], ...] = ()
     guidance_arms: tuple[str, ...] = ()  # (decoupled arm, fixed arm) of the composed-scale guidance test
+    # arms run only when named (run.py --arms), tabulated when they have runs: the adversarial measurement
+    optional_arms: tuple[str, ...] = ()
+
+    @property
+    def all_arms(self) -> tuple[str, ...]:
+        return self.arms + self.optional_arms
 
 
 TEACHERS: dict[str, Teacher] = {t.name: t for t in [
@@ -108,7 +124,14 @@ TEACHERS: dict[str, Teacher] = {t.name: t for t in [
             steps=(2, 4, 6, 8), primary="fid_teacher", lrs=(3e-5, 1e-4, 3e-4), default_lr=1e-4,
             arms=("lcm", "pcm4", "tcd", "tdd", "tdd_s0"),
             # TDD against the old study's digits "winner" (LCM) first, then the other baselines
-            groups=(("tdd", "lcm"), ("tcd", "pcm4"), ("tdd_s0",))),
+            groups=(("tdd", "lcm"), ("tcd", "pcm4"), ("tdd_s0",)), optional_arms=("tdd_adv",)),
+    # the trained SDXL-architecture pipeline (LoRA student on the UNet, the real SDXL code path) at the
+    # tdd_sdxl_mnist recipe's scale (600 steps, lr 1e-3): a run is ~10 min on one core, so this teacher gets the
+    # recipe's lr (no sweep by default), TDD against its public-SDXL defect first (the ablation switch), then LCM
+    Teacher("mnist_sdxl", ("+experiment=tdd_sdxl_mnist", "logger=csv", "callbacks=none", "cpu_threads=1",
+                           "trainer.max_steps=600", "validation.every_n_steps=100", "metrics.steps=[2,4,8]"),
+            steps=(2, 4, 8), primary="fid_teacher", lrs=(3e-4, 1e-3, 3e-3), default_lr=1e-3,
+            arms=("tdd", "tdd_empty", "lcm"), groups=(("tdd", "tdd_empty"), ("lcm",)), optional_arms=("tdd_adv",)),
 ]}
 
 # where the first sweep's winner is at an edge of ``lrs``, the sweep continues one rung further along this ladder

@@ -39,7 +39,7 @@ def main(argv=None) -> int:
     steps = list(t.steps)
     fig, axes = plt.subplots(1, len(steps), figsize=(3.8 * len(steps), 3.4), dpi=100, squeeze=False)
     curves = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))  # curve -> K -> step -> [values]
-    for arm in t.arms:
+    for arm in t.all_arms:
         for _seed, lr, d in runs_of(t.name, arm, args.phase):
             f = d / "validation.json"
             if not f.exists():

@@ -22,7 +22,8 @@ from run import RUNS  # noqa: E402
 from tables import layout, load_rows, paired_table, teacher_numbers, write  # noqa: E402
 
 SECONDARY = {"gmm2d": [("ode_error", True)],
-             "digits": [("teacher_rmse", False), ("kid_teacher", False), ("fid", False), ("class_acc", False)]}
+             "digits": [("teacher_rmse", False), ("kid_teacher", False), ("fid", False), ("class_acc", False)],
+             "mnist_sdxl": [("fid", False), ("class_acc", False), ("color_acc", False)]}
 
 
 def main(argv=None) -> int:

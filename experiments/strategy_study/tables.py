@@ -53,7 +53,7 @@ def load_rows(teacher: str, pcm_merged: bool = True) -> dict[str, Row]:
     """Rows of the main phase: each arm's designed sampler, then its extra samplers; PCM's per-K models merged
     into one row (``pcm``: the K-phase model at K steps)."""
     rows: dict[str, Row] = {}
-    for arm_name in TEACHERS[teacher].arms:
+    for arm_name in TEACHERS[teacher].all_arms:
         arm = ARMS[arm_name]
         pcm = pcm_merged and arm_name.startswith("pcm")
         key = "pcm" if pcm else arm_name
@@ -80,7 +80,7 @@ def load_rows(teacher: str, pcm_merged: bool = True) -> dict[str, Row]:
 
 def teacher_numbers(teacher: str) -> dict[str, float]:
     """``teacher/<metric>@50`` (the 50-step reference sampler) from any run: the floor of the fidelity metrics."""
-    for arm in TEACHERS[teacher].arms:
+    for arm in TEACHERS[teacher].all_arms:
         for _, _, d in runs_of(teacher, arm):
             m = json.loads((d / "metrics.json").read_text())
             return {k: v for k, v in m.items() if k.startswith("teacher/") and k.endswith("@50")}
