@@ -72,8 +72,13 @@ def main(argv=None) -> int:
         ax.set_ylabel(f"val/{metric}@{k}")
         ax.set_yscale("log")
         ax.grid(alpha=0.3, which="both")
-    axes[0][-1].legend(fontsize=6)
-    fig.tight_layout()
+    # one legend for the figure: an arm evaluated at some K only (PCM's per-K models) still gets its entry
+    handles = {}
+    for ax in axes[0]:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, h)
+    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(len(handles), 5), fontsize=7)
+    fig.tight_layout(rect=(0, 0.1 + 0.04 * ((len(handles) - 1) // 5), 1, 1))
     out = HERE / f"curves_{t.name}_{metric}{'' if args.phase == 'main' else '_lr'}.png"
     fig.savefig(out)
     print(out)

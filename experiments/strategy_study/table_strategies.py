@@ -19,7 +19,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from arms import TEACHERS  # noqa: E402
 from run import RUNS  # noqa: E402
-from tables import layout, load_rows, paired_table, teacher_numbers, write  # noqa: E402
+from tables import fmt_paired, layout, load_rows, paired, paired_table, teacher_numbers, write  # noqa: E402
 
 SECONDARY = {"gmm2d": [("ode_error", True)],
              "digits": [("teacher_rmse", False), ("kid_teacher", False), ("fid", False), ("class_acc", False)],
@@ -36,8 +36,10 @@ def main(argv=None) -> int:
     steps = sorted({int(k.split("@")[1]) for r in rows.values() for k in r.values})
     parts = [f"## {t.name}: strategies x step counts\n"]
     choice_file = RUNS / t.name / "lr_choice.json"
-    if choice_file.exists():
-        choice = json.loads(choice_file.read_text())
+    choice = json.loads(choice_file.read_text()) if choice_file.exists() else {}
+    if not choice:
+        parts.append(f"No lr sweep on this teacher: every arm at the recipe's lr {t.default_lr:g}\n")
+    else:
         parts.append("lr chosen per arm on the validation seed (" + ", ".join(
             f"{a}: {c['lr']:g} ({', '.join(f'{lr}: {s:.4f}' for lr, s in c['scores'].items())})"
             for a, c in choice.items()) + f"; metric: tail mean of {next(iter(choice.values()))['metric']})\n")
@@ -64,6 +66,18 @@ def main(argv=None) -> int:
     if "tdd_s0" in rows and t.name == "gmm2d":
         parts.append("\nDeterministic rows, per-sample ode_error\n")
         parts.append(paired_table(rows, "tdd_s0", [k for k in ("pcm", "tdd/eta 0") if k in rows], "ode_error", ks))
+    # switches of the tdd arm (the public SDXL defect, the adversarial term): every metric, paired with tdd
+    for switch in ("tdd_empty", "tdd_adv"):
+        if "tdd" in rows and switch in rows:
+            parts.append(f"\n### {rows['tdd'].label} minus {rows[switch].label}, every metric ({rows['tdd'].sampler}; "
+                         "negative and wins = tdd lower; lower is better for the distances, higher for the accuracies)\n")
+            metrics = [t.primary] + [m for m, det in SECONDARY.get(t.name, []) if not det]
+            lines = ["| metric | " + " | ".join(f"K={k}" for k in ks) + " |", "|" + "---|" * (len(ks) + 1)]
+            for m in metrics:
+                lines.append(f"| {m} | " + " | ".join(
+                    fmt_paired(paired(rows["tdd"].values.get(f"{m}@{k}", {}), rows[switch].values.get(f"{m}@{k}", {})))
+                    for k in ks) + " |")
+            parts.append("\n".join(lines))
     return write(parts, args.out or HERE / f"table_strategies_{t.name}.md")
 
 
