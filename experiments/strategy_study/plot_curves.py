@@ -1,4 +1,5 @@
-"""Learning curves of the strategy study: val/<metric>@K vs training step, mean ± sd over seeds, per arm.
+"""Learning curves of the strategy study: val/<metric>@K vs training step, per arm: mean over seeds,
+shaded from the lowest to the highest seed (a range stays positive on the log axis, where mean - sd would not).
 
     python experiments/strategy_study/plot_curves.py TEACHER [--metric swd] [--phase main|lr]
 
@@ -61,9 +62,10 @@ def main(argv=None) -> int:
                 continue
             xs = sorted(per_k[k])
             m = [statistics.fmean(per_k[k][x]) for x in xs]
-            s = [statistics.stdev(per_k[k][x]) if len(per_k[k][x]) > 1 else 0.0 for x in xs]
+            lo = [min(per_k[k][x]) for x in xs]
+            hi = [max(per_k[k][x]) for x in xs]
             ax.plot(xs, m, color=color, label=name, lw=1.2)
-            ax.fill_between(xs, [a - b for a, b in zip(m, s)], [a + b for a, b in zip(m, s)], color=color, alpha=0.15)
+            ax.fill_between(xs, lo, hi, color=color, alpha=0.15)
             tails[k] = statistics.fmean(m[-4:])
         print(f"  {name}: " + ", ".join(f"K={k}: {v:.4f}" for k, v in tails.items()))
     for ax, k in zip(axes[0], steps):

@@ -11,15 +11,23 @@ differences TDD minus each other row (and TDD with fixed guidance minus each bas
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from arms import TEACHERS  # noqa: E402
-from run import RUNS  # noqa: E402
-from tables import fmt_paired, layout, load_rows, paired, paired_table, teacher_numbers, write  # noqa: E402
+from arms import ARMS, TEACHERS  # noqa: E402
+from tables import (  # noqa: E402
+    fmt_paired,
+    layout,
+    load_rows,
+    lr_choice,
+    paired,
+    paired_table,
+    runs_of,
+    teacher_numbers,
+    write,
+)
 
 SECONDARY = {"gmm2d": [("ode_error", True)],
              "digits": [("teacher_rmse", False), ("kid_teacher", False), ("fid", False), ("class_acc", False)],
@@ -35,14 +43,15 @@ def main(argv=None) -> int:
     rows = load_rows(t.name)
     steps = sorted({int(k.split("@")[1]) for r in rows.values() for k in r.values})
     parts = [f"## {t.name}: strategies x step counts\n"]
-    choice_file = RUNS / t.name / "lr_choice.json"
-    choice = json.loads(choice_file.read_text()) if choice_file.exists() else {}
+    choice = lr_choice(t.name)
     if not choice:
         parts.append(f"No lr sweep on this teacher: every arm at the recipe's lr {t.default_lr:g}\n")
     else:
+        unswept = [a for a in t.all_arms if a not in choice and not ARMS[a].lr_from and runs_of(t.name, a)]
         parts.append("lr chosen per arm on the validation seed (" + ", ".join(
             f"{a}: {c['lr']:g} ({', '.join(f'{lr}: {s:.4f}' for lr, s in c['scores'].items())})"
-            for a, c in choice.items()) + f"; metric: tail mean of {next(iter(choice.values()))['metric']})\n")
+            for a, c in choice.items()) + f"; metric: tail mean of {next(iter(choice.values()))['metric']})"
+            + (f"; not swept, at the recipe's lr {t.default_lr:g}: {', '.join(unswept)}" if unswept else "") + "\n")
     teacher = teacher_numbers(t.name)
     parts.append("Teacher (50-step DDIM reference sampler, same noise): "
                  + ", ".join(f"{k} = {v:.4f}" for k, v in sorted(teacher.items())) + "\n")

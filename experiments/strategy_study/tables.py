@@ -19,7 +19,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from arms import ARMS, TEACHERS  # noqa: E402
-from run import RUNS  # noqa: E402
+from run import RUNS, lr_of  # noqa: E402
 
 SEED_RE = re.compile(r"lr(?P<lr>[^_]+)_seed(?P<seed>\d+)$")
 
@@ -34,11 +34,19 @@ class Row:
     lrs: set = field(default_factory=set)
 
 
+def lr_choice(teacher: str) -> dict:
+    f = RUNS / teacher / "lr_choice.json"
+    return json.loads(f.read_text()) if f.exists() else {}
+
+
 def runs_of(teacher: str, arm: str, phase: str = "main") -> list[tuple[int, float, Path]]:
+    """Finished runs of an arm as (seed, lr, dir). Main phase: only the arm's lr (its sweep's winner, else the
+    recipe's), so runs left from an earlier lr (before the arm's sweep) never mix into its rows."""
+    want = lr_of(teacher, arm, lr_choice(teacher)) if phase == "main" else None
     out = []
     for d in sorted((RUNS / teacher / phase / arm).glob("lr*_seed*")):
         m = SEED_RE.search(d.name)
-        if m and (d / "metrics.json").exists():
+        if m and (d / "metrics.json").exists() and (want is None or math.isclose(float(m["lr"]), want)):
             out.append((int(m["seed"]), float(m["lr"]), d))
     return out
 
