@@ -30,7 +30,7 @@ from tables import (  # noqa: E402
 )
 
 SECONDARY = {"gmm2d": [("ode_error", True)],
-             "digits": [("teacher_rmse", False), ("kid_teacher", False), ("fid", False), ("class_acc", False)],
+             "digits": [("teacher_rmse", True), ("kid/teacher", False), ("fid", False), ("class_acc", False)],
              "mnist_sdxl": [("fid", False), ("class_acc", False), ("color_acc", False)]}
 
 
@@ -75,6 +75,10 @@ def main(argv=None) -> int:
     if "tdd_s0" in rows and t.name == "gmm2d":
         parts.append("\nDeterministic rows, per-sample ode_error\n")
         parts.append(paired_table(rows, "tdd_s0", [k for k in ("pcm", "tdd/eta 0") if k in rows], "ode_error", ks))
+    if t.name == "digits" and "tdd/eta 0" in rows and "pcm" in rows:
+        for m in (t.primary, "teacher_rmse"):
+            parts.append(f"\nDeterministic rows (eta 0), {m}\n")
+            parts.append(paired_table(rows, "tdd/eta 0", ["pcm"], m, ks))
     # switches of the tdd arm (the public SDXL defect, the adversarial term): every metric, paired with tdd
     for switch in ("tdd_empty", "tdd_adv"):
         if "tdd" in rows and switch in rows:

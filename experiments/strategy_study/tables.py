@@ -124,7 +124,7 @@ def paired(a: dict[int, float], b: dict[int, float]) -> dict | None:
 def fmt_paired(p: dict | None) -> str:
     if p is None:
         return "–"
-    sig = "" if p["lo"] < 0 < p["hi"] else " *"
+    sig = " *" if p["lo"] > 0 or p["hi"] < 0 else ""  # an interval touching 0 (e.g. all-equal seeds) is no evidence
     return f"{p['mean']:+.4f} [{p['lo']:+.4f}, {p['hi']:+.4f}] {p['wins']}/{p['n']}{sig}"
 
 
