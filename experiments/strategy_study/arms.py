@@ -122,9 +122,11 @@ TEACHERS: dict[str, Teacher] = {t.name: t for t in [
     Teacher("digits", ("+experiment=tdd_digits", "logger=csv", "callbacks=none", "cpu_threads=1",
                        "trainer.max_steps=1000", "validation.every_n_steps=100", "metrics.steps=[2,4,6,8]"),
             steps=(2, 4, 6, 8), primary="fid_teacher", lrs=(3e-5, 1e-4, 3e-4), default_lr=1e-4,
-            arms=("lcm", "pcm4", "tcd", "tdd", "tdd_s0"),
-            # TDD against the old study's digits "winner" (LCM) first, then the other baselines
-            groups=(("tdd", "lcm"), ("tcd", "pcm4"), ("tdd_s0",)), optional_arms=("tdd_adv",)),
+            arms=("lcm", "pcm4", "tcd", "tdd", "tdd_fixed", "tdd_s0"),
+            # TDD against the old study's digits "winner" (LCM) first, then the other baselines, then the guidance
+            # control (the baselines' fixed guidance with TDD's targets)
+            groups=(("tdd", "lcm"), ("tcd", "pcm4"), ("tdd_fixed",), ("tdd_s0",)), optional_arms=("tdd_adv",),
+            guidance_arms=("tdd", "tdd_fixed")),
     # the trained SDXL-architecture pipeline (LoRA student on the UNet, the real SDXL code path) at the
     # tdd_sdxl_mnist recipe's scale (600 steps, lr 1e-3): a run is ~10 min on one core, so this teacher gets the
     # recipe's lr (no sweep by default), TDD against its public-SDXL defect first (the ablation switch), then LCM
