@@ -107,6 +107,12 @@ class DistillationModule(pl.LightningModule):
         """Training batches per ``global_step`` (student step): 2 under the adversarial alternation, else 1."""
         return self.adversarial.batches_per_step
 
+    @property
+    def batches_consumed(self) -> int | None:
+        """Training batches consumed so far where the adversarial schedule counts them (restored with the
+        checkpoint), else None (the data position is then ``global_step`` x accumulation)."""
+        return self.adversarial.batches_consumed()
+
     def _apply(self, fn, *args, **kwargs):
         """Every move of this module moves the frozen teacher too (it is not a submodule: no state-dict entries)."""
         super()._apply(fn, *args, **kwargs)

@@ -20,7 +20,7 @@ from tdd_lab.adversarial import (
     sample_t_gan,
 )
 from tdd_lab.schedules import FlowMatchSchedule, VPSchedule
-from tdd_lab.train import build_module, export, fit
+from tdd_lab.train import Preempted, build_module, export, fit
 from tdd_lab.validate import ConfigError, preflight
 
 from .conftest import compose_cfg
@@ -246,6 +246,47 @@ def test_exact_resume_with_adversarial_pcm(tmp_path, cache_dir, schedule):
         for pa, pc in zip(oa.state.values(), oc.state.values()):
             assert all(torch.equal(pa[n], pc[n]) for n in pa)
     assert tb.lr_scheduler_configs[0].scheduler.last_epoch == 3  # stepped once per student step
+
+
+def test_resume_after_a_discriminator_only_batch_continues_at_the_next_unseen_batch(tmp_path, cache_dir):
+    """SIGTERM right after a discriminator-only batch of the alternation (5 batches consumed, 2 student steps): the
+    checkpoint holds global_step 2 and batches 5, and the resumed run reads batch 5 next (not batch 4 again, which
+    ``global_step * 2`` would give), so it ends bit-identical to the uninterrupted run."""
+
+    def stop_after_fifth_batch(module):
+        hook = module.on_train_batch_end
+
+        def on_train_batch_end(*args, **kwargs):
+            hook(*args, **kwargs)
+            if module.adversarial.batches == 5:  # batch 4 was the third discriminator-only batch
+                module.trainer._signal_connector.received_sigterm = True  # what the SIGTERM handler sets
+
+        module.on_train_batch_end = on_train_batch_end
+
+    _, _, a, _ = run(tmp_path / "a", cache_dir, 4)
+    with pytest.raises(Preempted, match="stopped by SIGTERM at step 2"):
+        run(tmp_path / "b", cache_dir, 4, before_fit=stop_after_fifth_batch)
+    ckpt_path = tmp_path / "b" / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(ckpt_path, weights_only=True)
+    assert ckpt["global_step"] == 2 and ckpt["state_dict"]["adversarial._extra_state"] == {"batches": 5}
+    seen = []
+
+    def record_batches(module):
+        hook = module.on_train_batch_start
+
+        def on_train_batch_start(batch, *args, **kwargs):
+            seen.append(batch["x0"].clone())
+            return hook(batch, *args, **kwargs)
+
+        module.on_train_batch_start = on_train_batch_start
+
+    _, _, c, tc = run(tmp_path / "c", cache_dir, 4, resume=ckpt_path, before_fit=record_batches)
+    assert tc.global_step == 4 and c.adversarial.batches == a.adversarial.batches == 8
+    assert len(seen) == 3  # batches 5 (student), 6 (discriminator), 7 (student)
+    sa, sc = a.state_dict(), c.state_dict()
+    for k in sa:
+        if torch.is_tensor(sa[k]):
+            assert torch.equal(sa[k], sc[k]), k
 
 
 def test_manual_optimization_clips_both_optimizers_with_the_trainers_setting(tmp_path, cache_dir):

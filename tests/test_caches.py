@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from tdd_lab.utils.cache import config_key, weights_fingerprint
+from tdd_lab.utils.cache import cached_dir, config_key, weights_fingerprint
 
 
 def test_weights_fingerprint_of_a_local_folder_follows_its_files(tmp_path):
@@ -171,3 +173,30 @@ def test_diffusers_teacher_describe_holds_its_weights_fingerprint(tiny_sdxl_teac
     assert described["weights"] == weights_fingerprint(described["pretrained"])
     assert described["vae_weights"] is None  # no separate VAE folder
     json.dumps(described)  # JSON-serialisable, as config_key needs
+
+
+def test_building_a_cache_entry_leaves_the_callers_random_state_alone(tmp_path):
+    """Builders seed themselves (torch.manual_seed(...) inside): a run must draw the same numbers after a cold cache
+    (the artefact built inside the run) as after a warm one, in torch, numpy and Python's random."""
+
+    def build(path):
+        torch.manual_seed(123)
+        np.random.seed(123)
+        random.seed(123)
+        (path / "w.txt").write_text(str(torch.rand(3).tolist()))
+
+    def draws():
+        return torch.rand(4).tolist(), np.random.rand(2).tolist(), random.random()
+
+    def seeded_run(cache):
+        torch.manual_seed(0)
+        np.random.seed(0)
+        random.seed(0)
+        first = draws()
+        cached_dir(cache, "thing", {"a": 1}, build)
+        return first, draws()
+
+    cold = seeded_run(tmp_path / "cache")            # built here
+    assert (next((tmp_path / "cache").glob("thing-*")) / "DONE").exists()
+    warm = seeded_run(tmp_path / "cache")            # found
+    assert cold == warm and cold[0] != cold[1]

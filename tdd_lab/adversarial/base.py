@@ -36,6 +36,12 @@ class Adversarial(nn.Module):
     def advance(self) -> None:
         """Called once per training batch, after its updates."""
 
+    def batches_consumed(self) -> int | None:
+        """Training batches this schedule has counted (None: it counts none; the data position is then the
+        trainer's global step). A run stopped between a discriminator-only batch and the next student batch resumes
+        at the next unseen batch only if its loader starts here, not at ``global_step * batches_per_step``."""
+        return None
+
     def discriminator_loss(self, real: torch.Tensor, fake: torch.Tensor, s: torch.Tensor,
                            cond: Condition) -> torch.Tensor:
         """Loss of the discriminator on real/fake samples at s (B, ...) (both detached inside): scalar."""

@@ -158,6 +158,9 @@ class PCMDiscriminator(Adversarial):
     def advance(self) -> None:
         self.batches += 1
 
+    def batches_consumed(self) -> int:
+        return self.batches
+
     def get_extra_state(self):
         return {"batches": self.batches}
 

@@ -19,9 +19,10 @@ def resumable_loader(module: pl.LightningDataModule, dataset, batch_size: int, s
     trainer = getattr(module, "trainer", None)
     start, rank, world = 0, 0, 1
     if trainer is not None:
-        # batches consumed so far; adversarial=pcm's alternation spends a discriminator-only batch per student step
-        per_step = getattr(trainer.lightning_module, "batches_per_step", 1)
-        start = trainer.global_step * max(1, trainer.accumulate_grad_batches) * per_step
+        # batches consumed so far: adversarial=pcm counts its own (its alternation spends a discriminator-only batch
+        # per student step, and a run stopped right after one has consumed 2 * global_step + 1)
+        consumed = getattr(trainer.lightning_module, "batches_consumed", None)
+        start = consumed if consumed is not None else trainer.global_step * max(1, trainer.accumulate_grad_batches)
         rank, world = trainer.global_rank, trainer.world_size
     sampler = ResumableRandomSampler(len(dataset), batch_size, seed, start, rank, world)
     # its own generator: creating an iterator must not draw from the global RNG (restored on resume)

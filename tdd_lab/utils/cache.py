@@ -5,9 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +25,27 @@ def config_key(config: dict[str, Any]) -> str:
     return hashlib.sha1(blob).hexdigest()[:12]
 
 
+@contextmanager
+def preserved_rng() -> Iterator[None]:
+    """Run a block without changing the caller's random state (torch CPU and CUDA, numpy, Python ``random``)."""
+    import numpy as np
+    import torch
+
+    py, npy = random.getstate(), np.random.get_state()
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=cuda):
+        try:
+            yield
+        finally:
+            random.setstate(py)
+            np.random.set_state(npy)
+
+
 def cached_dir(cache_dir: str | Path, kind: str, config: dict[str, Any], build: Callable[[Path], None]) -> Path:
-    """Directory ``cache_dir/kind-<key>``; built by ``build(tmp_dir)`` then renamed into place atomically."""
+    """Directory ``cache_dir/kind-<key>``; built by ``build(tmp_dir)`` then renamed into place atomically.
+
+    The build runs under :func:`preserved_rng`: builders seed themselves, and a run must draw the same numbers
+    whether its cache was cold (the artefact built inside the run) or warm."""
     cache_dir = Path(cache_dir).expanduser()
     target = cache_dir / f"{kind}-{config_key(config)}"
     if (target / "DONE").exists():
@@ -32,7 +53,8 @@ def cached_dir(cache_dir: str | Path, kind: str, config: dict[str, Any], build: 
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{kind}-", dir=cache_dir))
     try:
-        build(tmp)
+        with preserved_rng():
+            build(tmp)
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True, default=str))
         (tmp / "DONE").write_text("ok\n")
         if (target / "DONE").exists():  # another process (e.g. another node on a shared disk) finished first
