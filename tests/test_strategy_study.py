@@ -30,6 +30,7 @@ EXPECTED = {  # arm -> (strategy class, guidance class, sampler class, sampler e
     "tdd_k2": ("TDDStrategy", "DecoupledGuidance", "TDDSampler", 0.2),
     "tdd_empty": ("TDDStrategy", "DecoupledGuidance", "TDDSampler", 0.2),
     "tdd_adv": ("TDDStrategy", "DecoupledGuidance", "TDDSampler", 0.2),
+    "tdd_adv_hlr": ("TDDStrategy", "DecoupledGuidance", "TDDSampler", 0.2),
 }
 
 
@@ -58,9 +59,11 @@ def test_every_arm_composes_and_builds_as_designed(teacher, tmp_path, cache_dir)
         # the public SDXL defect is a switch of the tdd arm, nothing else
         assert getattr(guidance, "dropped_caption", "null") == ("empty_prompt" if arm == "tdd_empty" else "null"), arm
         # the adversarial term only in the TDD-adv arm, at the public settings
-        assert cfg.adversarial._target_.endswith("PCMDiscriminator" if arm == "tdd_adv" else "NoAdversarial"), arm
-        if arm == "tdd_adv":
-            assert cfg.adversarial.schedule == "alternate" and cfg.adversarial.lr == 1e-5
+        adv = arm.startswith("tdd_adv")
+        assert cfg.adversarial._target_.endswith("PCMDiscriminator" if adv else "NoAdversarial"), arm
+        if adv:  # the public schedule; the heads' lr public (1e-5) or the 100x arm
+            assert cfg.adversarial.schedule == "alternate" and cfg.adversarial.adv_weight == 0.1
+            assert cfg.adversarial.lr == (1e-3 if arm == "tdd_adv_hlr" else 1e-5), arm
         if teacher == "gmm2d":  # stochastic samplers are evaluated at their own eta
             assert cfg.metrics.metrics.deterministic is False
 

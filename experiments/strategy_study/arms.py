@@ -84,6 +84,11 @@ ARMS: dict[str, Arm] = {a.name: a for a in [
     Arm("tdd_adv", "TDD-adv (PCM discriminator, public settings)",
         ("strategy=tdd", "strategy.s_ratio=0.3", "guidance=decoupled", "adversarial=pcm", "sampler=tdd",
          "sampler.eta=0.2"), "eta 0.2", lr_from="tdd"),
+    # the same with the heads' lr 100x the public 1e-5: at 1e-5 the hinge losses stay at their chance values (d_loss
+    # ~2, g_loss ~1) for a whole digits run, i.e. the heads never become a critic (experiments/adversarial)
+    Arm("tdd_adv_hlr", "TDD-adv, heads' lr 1e-3",
+        ("strategy=tdd", "strategy.s_ratio=0.3", "guidance=decoupled", "adversarial=pcm", "adversarial.lr=1e-3",
+         "sampler=tdd", "sampler.eta=0.2"), "eta 0.2", lr_from="tdd"),
 ]}
 
 
@@ -125,7 +130,7 @@ TEACHERS: dict[str, Teacher] = {t.name: t for t in [
             arms=("lcm", "pcm4", "tcd", "tdd", "tdd_fixed", "tdd_s0"),
             # TDD against the old study's digits "winner" (LCM) first, then the other baselines, then the guidance
             # control (the baselines' fixed guidance with TDD's targets)
-            groups=(("tdd", "lcm"), ("tcd", "pcm4"), ("tdd_fixed",), ("tdd_s0",)), optional_arms=("tdd_adv",),
+            groups=(("tdd", "lcm"), ("tcd", "pcm4"), ("tdd_fixed",), ("tdd_s0",)), optional_arms=("tdd_adv", "tdd_adv_hlr"),
             guidance_arms=("tdd", "tdd_fixed")),
     # the trained SDXL-architecture pipeline (LoRA student on the UNet, the real SDXL code path) at the
     # tdd_sdxl_mnist recipe's scale (600 steps, lr 1e-3): a run is ~10 min on one core, so this teacher gets the

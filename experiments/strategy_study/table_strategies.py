@@ -80,7 +80,7 @@ def main(argv=None) -> int:
             parts.append(f"\nDeterministic rows (eta 0), {m}\n")
             parts.append(paired_table(rows, "tdd/eta 0", ["pcm"], m, ks))
     # switches of the tdd arm (the public SDXL defect, the adversarial term): every metric, paired with tdd
-    for switch in ("tdd_empty", "tdd_adv"):
+    for switch in ("tdd_empty", "tdd_adv", "tdd_adv_hlr"):
         if "tdd" in rows and switch in rows:
             parts.append(f"\n### {rows['tdd'].label} minus {rows[switch].label}, every metric ({rows['tdd'].sampler}; "
                          "negative and wins = tdd lower; lower is better for the distances, higher for the accuracies)\n")
