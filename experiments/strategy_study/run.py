@@ -113,11 +113,12 @@ def main(argv=None) -> int:
     p.add_argument("teacher", choices=sorted(TEACHERS))
     p.add_argument("phase", choices=["lr", "main"])
     p.add_argument("--arms", nargs="+", default=None)
+    p.add_argument("--optional", action="store_true", help="the teacher's optional arms (the adversarial measurement)")
     p.add_argument("--seeds", nargs="+", type=int, default=list(TEST_SEEDS))
     p.add_argument("--workers", type=int, default=2)
     args = p.parse_args(argv)
     t = TEACHERS[args.teacher]
-    arms = args.arms or list(t.arms)
+    arms = args.arms or list(t.optional_arms if args.optional else t.arms)
     unknown = [a for a in arms if a not in ARMS]
     if unknown:
         p.error(f"unknown arms {unknown}; known: {sorted(ARMS)}")
