@@ -1,7 +1,7 @@
 """Train the strategy study's runs, one `python -m tdd_lab.train` per (arm, lr, seed), a few at a time.
 
-    python experiments/strategy_study/run.py TEACHER lr   [--arms a b ...] [--workers 2]
-    python experiments/strategy_study/run.py TEACHER main [--arms a b ...] [--seeds 0 1 2 3 4] [--workers 2]
+    python experiments/strategy_study/run.py TEACHER lr   [--arms a b ...] [--lrs 1e-4 3e-4] [--no-extend] [--workers 2]
+    python experiments/strategy_study/run.py TEACHER main [--arms a b ... | --optional] [--seeds 0 1 2 3 4] [--workers 2]
 
 ``lr``: every arm at every lr of the teacher's sweep on the validation seed (arms.VALIDATION_SEED), extended one
 rung of arms.LR_LADDER at a time beyond an edge winner until the winner is interior; then the winner per arm (lowest mean of the primary fidelity metric over the arm's step counts, on the *validation
@@ -68,8 +68,11 @@ def tail_mean(run: Path, metric: str, steps, points: int = 4) -> float:
     return statistics.fmean(val[s][f"val/{metric}@{k}"] for s in last for k in steps)
 
 
-def choose_lr(teacher: str, arms: list[str]) -> dict:
+def choose_lr(teacher: str, arms: list[str], grid: tuple[float, ...] | None = None) -> dict:
+    """Each arm's lr: the best tail mean of the validation curve over the lrs run on the validation seed, once every
+    lr of ``grid`` (default: the teacher's sweep) has a finished run; written to RUNS/<teacher>/lr_choice.json."""
     t = TEACHERS[teacher]
+    grid = tuple(grid or t.lrs)
     choice_file = RUNS / teacher / "lr_choice.json"
     choice = json.loads(choice_file.read_text()) if choice_file.exists() else {}
     for arm in arms:
@@ -82,7 +85,7 @@ def choose_lr(teacher: str, arms: list[str]) -> dict:
             d = run_dir(teacher, "lr", arm, lr, VALIDATION_SEED)
             if (d / "metrics.json").exists():
                 scores[f"{lr:g}"] = tail_mean(d, t.primary, steps)
-        if all(f"{lr:g}" in scores for lr in t.lrs):
+        if all(f"{lr:g}" in scores for lr in grid):
             best = min(scores, key=scores.get)
             choice[arm] = {"lr": float(best), "scores": scores, "metric": f"val/{t.primary}", "steps": list(steps),
                            "next": next_lr(float(best), [float(x) for x in scores])}
@@ -114,6 +117,8 @@ def main(argv=None) -> int:
     p.add_argument("phase", choices=["lr", "main"])
     p.add_argument("--arms", nargs="+", default=None)
     p.add_argument("--optional", action="store_true", help="the teacher's optional arms (the adversarial measurement)")
+    p.add_argument("--lrs", nargs="+", type=float, default=None, help="lr phase: this grid instead of the teacher's")
+    p.add_argument("--no-extend", action="store_true", help="lr phase: no rung beyond an edge winner")
     p.add_argument("--seeds", nargs="+", type=int, default=list(TEST_SEEDS))
     p.add_argument("--workers", type=int, default=2)
     args = p.parse_args(argv)
@@ -124,12 +129,15 @@ def main(argv=None) -> int:
         p.error(f"unknown arms {unknown}; known: {sorted(ARMS)}")
     if args.phase == "lr":
         swept = [a for a in arms if not ARMS[a].lr_from]
-        jobs = [(t.name, "lr", a, lr, VALIDATION_SEED) for a in swept for lr in t.lrs]
+        grid = tuple(args.lrs or t.lrs)
+        jobs = [(t.name, "lr", a, lr, VALIDATION_SEED) for a in swept for lr in grid]
         with ThreadPoolExecutor(args.workers) as pool:
             results = list(pool.map(train, jobs))
         attempted = set(jobs)
         while True:  # extend beyond edge winners, one rung at a time
-            choice = choose_lr(t.name, swept)
+            choice = choose_lr(t.name, swept, grid)
+            if args.no_extend:
+                break
             more = [(t.name, "lr", a, choice[a]["next"], VALIDATION_SEED) for a in swept
                     if a in choice and choice[a]["next"] is not None]
             more = [j for j in more if j not in attempted]  # a failed run is not retried here
