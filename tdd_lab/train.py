@@ -99,6 +99,17 @@ def checkpointing_warning(cfg: DictConfig) -> str | None:
             "checkpoints/last.ckpt; add callbacks=default trainer.enable_checkpointing=true to checkpoint the run")
 
 
+def make_trainer(cfg: DictConfig, module, loggers, callbacks) -> pl.Trainer:
+    """``cfg.trainer`` instantiated for ``module``: under manual optimization (adversarial=pcm) the module clips
+    itself (Lightning refuses a Trainer ``gradient_clip_val`` then), and DDP finds unused parameters, because each
+    backward of the adversarial schedule leaves one side unused (the heads on a student update, the student on a
+    discriminator-only batch) and DDP's reducer otherwise fails on the second step."""
+    manual = {} if module.automatic_optimization else {"gradient_clip_val": None}
+    if not module.automatic_optimization and cfg.trainer.get("strategy") == "ddp":
+        manual["strategy"] = "ddp_find_unused_parameters_true"
+    return hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, **manual)
+
+
 def fit(cfg: DictConfig, module, datamodule, loggers, out_dir: Path, parts: Components | None = None) -> pl.Trainer:
     """``Trainer.fit`` with the configured callbacks plus :class:`SaveOnSigterm` and, given the run's ``parts`` and
     ``validation.every_n_steps`` > 0, :class:`ValidationCallback` (learning curves); raises :class:`Preempted`."""
@@ -107,9 +118,7 @@ def fit(cfg: DictConfig, module, datamodule, loggers, out_dir: Path, parts: Comp
     validation = validation_callback(cfg, parts.sampler, parts.guidance, out_dir) if parts is not None else None
     if validation is not None:
         callbacks.append(validation)
-    # manual optimization (adversarial=pcm) clips in the module: Lightning refuses a Trainer gradient_clip_val then
-    manual = {} if module.automatic_optimization else {"gradient_clip_val": None}
-    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, **manual)
+    trainer = make_trainer(cfg, module, loggers, callbacks)
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     ckpt = resume_path(cfg, out_dir)

@@ -20,7 +20,7 @@ from tdd_lab.adversarial import (
     sample_t_gan,
 )
 from tdd_lab.schedules import FlowMatchSchedule, VPSchedule
-from tdd_lab.train import Preempted, build_module, export, fit
+from tdd_lab.train import Preempted, build_module, export, fit, make_trainer
 from tdd_lab.validate import ConfigError, preflight
 
 from .conftest import compose_cfg
@@ -370,3 +370,17 @@ def test_transformer_teachers_read_the_chosen_blocks(family, tmp_path, cache_dir
         cfg.adversarial.transformer_blocks = [99]
     with pytest.raises(ConfigError, match=r"adversarial.transformer_blocks: \[99\]"):
         build_module(cfg, preflight(cfg))
+
+
+@pytest.mark.parametrize("adversarial", ["pcm", "none"])
+def test_ddp_finds_unused_parameters_under_the_adversarial_schedule(tmp_path, cache_dir, adversarial):
+    """Each backward of adversarial=pcm leaves one side unused (the heads on a student update, the student on a
+    discriminator-only batch): under plain DDP the reducer fails at the second step ("parameters that were not used in
+    producing the loss"), so trainer=ddp switches to find_unused_parameters; without the term DDP stays as configured."""
+    from pytorch_lightning.strategies import DDPStrategy
+
+    cfg, _, module, _ = build(tmp_path, cache_dir, f"adversarial={adversarial}", "trainer=ddp",
+                              "trainer.accelerator=cpu", "trainer.devices=2")
+    trainer = make_trainer(cfg, module, [], [])
+    assert isinstance(trainer.strategy, DDPStrategy)
+    assert trainer.strategy._ddp_kwargs.get("find_unused_parameters", False) is (adversarial == "pcm")
