@@ -114,7 +114,7 @@ def main() -> None:
                 unet.compile()
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        res[f"{name}_step_s"] = timed(lambda: step(batched), device, reps=args.reps)
+        res[f"{name}_step_s"] = timed(lambda b=batched: step(b), device, reps=args.reps)
         if device.type == "cuda":
             res[f"{name}_peak_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
     unet.disable_gradient_checkpointing()
