@@ -103,11 +103,6 @@ class DistillationModule(pl.LightningModule):
         return self.student.schedule
 
     @property
-    def batches_per_step(self) -> int:
-        """Training batches per ``global_step`` (student step): 2 under the adversarial alternation, else 1."""
-        return self.adversarial.batches_per_step
-
-    @property
     def batches_consumed(self) -> int | None:
         """Training batches consumed so far where the adversarial schedule counts them (restored with the
         checkpoint), else None (the data position is then ``global_step`` x accumulation)."""

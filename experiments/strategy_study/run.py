@@ -68,13 +68,19 @@ def tail_mean(run: Path, metric: str, steps, points: int = 4) -> float:
     return statistics.fmean(val[s][f"val/{metric}@{k}"] for s in last for k in steps)
 
 
+def lr_choice(teacher: str) -> dict:
+    """RUNS/<teacher>/lr_choice.json as written by :func:`choose_lr` ({} before any sweep)."""
+    f = RUNS / teacher / "lr_choice.json"
+    return json.loads(f.read_text()) if f.exists() else {}
+
+
 def choose_lr(teacher: str, arms: list[str], grid: tuple[float, ...] | None = None) -> dict:
     """Each arm's lr: the best tail mean of the validation curve over the lrs run on the validation seed, once every
     lr of ``grid`` (default: the teacher's sweep) has a finished run; written to RUNS/<teacher>/lr_choice.json."""
     t = TEACHERS[teacher]
     grid = tuple(grid or t.lrs)
     choice_file = RUNS / teacher / "lr_choice.json"
-    choice = json.loads(choice_file.read_text()) if choice_file.exists() else {}
+    choice = lr_choice(teacher)
     for arm in arms:
         a = ARMS[arm]
         if a.lr_from:

@@ -19,7 +19,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from arms import ARMS, TEACHERS  # noqa: E402
-from run import RUNS, lr_of  # noqa: E402
+from run import RUNS, lr_choice, lr_of  # noqa: E402
 
 SEED_RE = re.compile(r"lr(?P<lr>[^_]+)_seed(?P<seed>\d+)$")
 
@@ -32,11 +32,6 @@ class Row:
     deterministic: bool              # eta 0 (ode_error is a per-sample distance only then)
     values: dict[str, dict[int, float]] = field(default_factory=lambda: defaultdict(dict))  # metric@K -> seed -> v
     lrs: set = field(default_factory=set)
-
-
-def lr_choice(teacher: str) -> dict:
-    f = RUNS / teacher / "lr_choice.json"
-    return json.loads(f.read_text()) if f.exists() else {}
 
 
 def runs_of(teacher: str, arm: str, phase: str = "main") -> list[tuple[int, float, Path]]:

@@ -20,7 +20,6 @@ class Adversarial(nn.Module):
 
     trains: bool = False
     adv_weight: float = 0.0  # weight of the generator term added to the consistency loss
-    batches_per_step: int = 1  # training batches per student step (data position on resume)
 
     def bind(self, teacher) -> Adversarial:
         """Build what depends on the teacher (heads sized to its feature maps); returns self."""
@@ -39,7 +38,7 @@ class Adversarial(nn.Module):
     def batches_consumed(self) -> int | None:
         """Training batches this schedule has counted (None: it counts none; the data position is then the
         trainer's global step). A run stopped between a discriminator-only batch and the next student batch resumes
-        at the next unseen batch only if its loader starts here, not at ``global_step * batches_per_step``."""
+        at the next unseen batch only if its loader starts here, not at twice the global step."""
         return None
 
     def discriminator_loss(self, real: torch.Tensor, fake: torch.Tensor, s: torch.Tensor,

@@ -132,8 +132,7 @@ class PCMDiscriminator(Adversarial):
         self.adv_weight, self.lr, self.betas, self.weight_decay = float(adv_weight), lr, tuple(betas), weight_decay
         self.schedule_name, self.k_min, self.negative_slope = schedule, num_inference_steps_min, negative_slope
         self.transformer_blocks = None if transformer_blocks is None else [int(i) for i in transformer_blocks]
-        self.batches_per_step = 2 if schedule == "alternate" else 1  # alternate: a discriminator-only batch each
-        self.batches = 0  # training batches seen (extra state: a resumed run continues the alternation)
+        self.batches = 0  # training batches seen (extra state: the alternation and the data position on resume)
         self.heads = nn.ModuleList()
         self.span: int | None = None  # T // K_min, set by bind
 
